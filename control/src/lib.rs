@@ -1,0 +1,2 @@
+//! The Sluice control daemon (grown by the control-daemon issue).
+#![forbid(unsafe_code)]

@@ -1,0 +1,1 @@
+//! Maglev consistent-hashing table builder (in progress).

@@ -1,0 +1,1 @@
+//! Packet wire formats (in progress).

@@ -1,0 +1,1 @@
+//! Hugepage memory for Sluice (placeholder; filled by the foundation work).
