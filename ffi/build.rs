@@ -16,7 +16,10 @@ fn main() {
     println!("cargo:rerun-if-changed=src/shim.h");
     println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
 
-    let lib = match pkg_config::Config::new().atleast_version("22.11").probe("libdpdk") {
+    let lib = match pkg_config::Config::new()
+        .atleast_version("22.11")
+        .probe("libdpdk")
+    {
         Ok(lib) => lib,
         Err(e) => panic!(
             "libdpdk not found by pkg-config ({e}).\n\
@@ -32,6 +35,13 @@ fn main() {
         );
     }
     println!("cargo:rustc-env=SLUICE_DPDK_VERSION={}", lib.version);
+
+    // Driver libraries are not in `pkg-config --libs libdpdk` (the EAL dlopens them as
+    // plugins), but the wrapper calls two driver APIs directly: hot-plugging virtual devices
+    // (`rte_vdev_init`) and building ports from rings (`rte_eth_from_rings`).
+    for driver in ["rte_bus_vdev", "rte_net_ring"] {
+        println!("cargo:rustc-link-lib=dylib={driver}");
+    }
 
     let cflags = raw_cflags();
 
@@ -66,7 +76,9 @@ fn main() {
         .expect("bindgen failed on wrapper.h; is libclang-common-14-dev installed?");
 
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
-    bindings.write_to_file(out.join("bindings.rs")).expect("write bindings.rs");
+    bindings
+        .write_to_file(out.join("bindings.rs"))
+        .expect("write bindings.rs");
 }
 
 /// The raw `pkg-config --cflags libdpdk` tokens.

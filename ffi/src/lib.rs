@@ -8,7 +8,7 @@
 //! every handle in a safe type.
 
 #![allow(unsafe_code)]
-#![allow(missing_docs, missing_debug_implementations, unused_qualifications)]
+#![allow(missing_docs, missing_debug_implementations)]
 #![allow(
     non_upper_case_globals,
     non_camel_case_types,

@@ -1,0 +1,286 @@
+//! The namespace testbed used by Sluice's integration tests, benches and demo.
+//!
+//! Guarantees:
+//! - every namespace made here is deleted when its [`Netns`] guard drops (pass, fail or panic),
+//!   which also removes every veth end inside it;
+//! - every process started through [`Proc`] is killed by its own PID and reaped when the guard
+//!   drops; nothing else is ever signalled;
+//! - names carry the test process's PID, so parallel runs never collide, and
+//!   [`remove_stale`] clears what a killed run left behind.
+//!
+//! Only addresses inside these namespaces are ever used (RFC 5737 / RFC 3849 documentation
+//! ranges and the 10.x range, inside namespaces we created).
+#![forbid(unsafe_code)]
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Prefix of every namespace the testbed makes.
+pub const PREFIX: &str = "sl";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command, failing with its stderr when it exits non-zero.
+///
+/// # Errors
+/// Spawn failure or a non-zero exit.
+pub fn run<S: AsRef<OsStr>>(program: &str, args: &[S]) -> io::Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()?;
+    if !out.status.success() {
+        let argv: Vec<String> = args
+            .iter()
+            .map(|a| a.as_ref().to_string_lossy().into_owned())
+            .collect();
+        return Err(io::Error::other(format!(
+            "`{program} {}` failed ({}): {}",
+            argv.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `sl-<tag>-<pid>-<n>` with its loopback up.
+    ///
+    /// # Errors
+    /// When `ip netns add` fails (not root, name too long, …).
+    pub fn new(tag: &str) -> io::Result<Netns> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{PREFIX}-{tag}-{}-{n}", std::process::id());
+        run("ip", &["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip -n NS ARGS…`.
+    ///
+    /// # Errors
+    /// A non-zero exit.
+    pub fn ip(&self, args: &[&str]) -> io::Result<String> {
+        let mut argv = vec!["-n", &self.name];
+        argv.extend_from_slice(args);
+        run("ip", &argv)
+    }
+
+    /// Runs a command inside the namespace to completion.
+    ///
+    /// # Errors
+    /// A non-zero exit.
+    pub fn exec(&self, program: &str, args: &[&str]) -> io::Result<String> {
+        let mut argv = vec!["netns", "exec", &self.name, program];
+        argv.extend_from_slice(args);
+        run("ip", &argv)
+    }
+
+    /// A [`Command`] that runs `program` inside the namespace (`ip netns exec` execs it, so the
+    /// child's PID is the program's own).
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Sets a sysctl inside the namespace.
+    ///
+    /// # Errors
+    /// A non-zero exit.
+    pub fn sysctl(&self, key: &str, value: &str) -> io::Result<()> {
+        self.exec("sysctl", &["-qw", &format!("{key}={value}")])
+            .map(|_| ())
+    }
+
+    /// Creates a veth pair with both ends inside this namespace, both up, IPv6 off on them
+    /// (so the kernel sends no router/neighbour chatter of its own).
+    ///
+    /// # Errors
+    /// A non-zero exit.
+    pub fn veth_pair(&self, a: &str, b: &str) -> io::Result<()> {
+        self.ip(&["link", "add", a, "type", "veth", "peer", "name", b])?;
+        for end in [a, b] {
+            self.sysctl(&format!("net.ipv6.conf.{end}.disable_ipv6"), "1")?;
+            self.ip(&["link", "set", end, "up"])?;
+        }
+        Ok(())
+    }
+
+    /// Creates a veth pair from this namespace (`a`) to `other` (`b`), both up.
+    ///
+    /// # Errors
+    /// A non-zero exit.
+    pub fn veth_to(&self, a: &str, other: &Netns, b: &str) -> io::Result<()> {
+        self.ip(&[
+            "link",
+            "add",
+            a,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b,
+            "netns",
+            other.name(),
+        ])?;
+        self.ip(&["link", "set", a, "up"])?;
+        other.ip(&["link", "set", b, "up"])?;
+        Ok(())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Err(e) = run("ip", &["netns", "del", &self.name]) {
+            eprintln!("testbed: could not delete netns {}: {e}", self.name);
+        }
+    }
+}
+
+/// Deletes namespaces left by earlier runs of this testbed whose process no longer exists.
+pub fn remove_stale() {
+    let Ok(list) = run("ip", &["netns", "list"]) else {
+        return;
+    };
+    for line in list.lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let mut parts = name.split('-');
+        if parts.next() != Some(PREFIX) {
+            continue;
+        }
+        let pid = parts.nth(1).and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = run("ip", &["netns", "del", name]);
+        }
+    }
+}
+
+/// A child process killed (by its own PID) and reaped when the guard drops.
+#[derive(Debug)]
+pub struct Proc {
+    child: Option<Child>,
+    what: String,
+}
+
+impl Proc {
+    /// Spawns `cmd`.
+    ///
+    /// # Errors
+    /// Spawn failure.
+    pub fn spawn(what: &str, cmd: &mut Command) -> io::Result<Proc> {
+        let child = cmd.spawn()?;
+        Ok(Proc {
+            child: Some(child),
+            what: what.to_owned(),
+        })
+    }
+
+    /// The PID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Whether it has exited (without reaping its output).
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait(),
+            None => Ok(None),
+        }
+    }
+
+    /// Kills it now (SIGKILL to its PID) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits up to `timeout` for it to exit and returns its output (when piped). On timeout it
+    /// is killed and an error says so.
+    ///
+    /// # Errors
+    /// Timeout or I/O failure.
+    pub fn wait_output(mut self, timeout: Duration) -> io::Result<Output> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.try_wait()?.is_some() {
+                let child = self
+                    .child
+                    .take()
+                    .ok_or_else(|| io::Error::other("no child"))?;
+                return child.wait_with_output();
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{} did not finish within {timeout:?}; killed", self.what),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Environment variable that tells a re-executed test binary which test to run as the child.
+pub const CHILD_ENV: &str = "SLUICE_TESTBED_CHILD";
+
+/// Whether this process is the child half of `test` (see [`run_test_in_netns`]).
+pub fn is_child(test: &str) -> bool {
+    std::env::var(CHILD_ENV).is_ok_and(|v| v == test)
+}
+
+/// Re-runs the current test binary's test `test` inside `ns` as a separate process (so it has
+/// its own DPDK EAL and its own network namespace), waits up to `timeout`, echoes its output and
+/// fails unless it passed.
+///
+/// # Errors
+/// Spawn failure, timeout, or the child test failing.
+pub fn run_test_in_netns(ns: &Netns, test: &str, timeout: Duration) -> io::Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = ns.command(&exe);
+    cmd.args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, test)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = Proc::spawn(test, &mut cmd)?.wait_output(timeout)?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("--- child {test} stdout ---\n{stdout}\n--- child stderr ---\n{stderr}");
+    // A filtered-out test also exits 0: make sure the child really ran and passed it.
+    if !out.status.success() || !stdout.contains("1 passed") {
+        return Err(io::Error::other(format!(
+            "child test {test} failed: {}",
+            out.status
+        )));
+    }
+    Ok(())
+}
