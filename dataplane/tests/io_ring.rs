@@ -167,6 +167,19 @@ fn net_null_rx_and_tx() {
     assert_eq!(pool.in_use(), 0);
 }
 
+/// A pool that cannot fill the RX ring is refused with a clear error, not a silent stall.
+#[test]
+fn too_small_pool_is_refused() {
+    let pool = pool(511);
+    let id = eal().create_vdev("net_null8").expect("net_null vdev");
+    let err = Port::new(eal(), id, &PortConfig::default(), &pool).expect_err("must refuse");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("511 mbufs") && msg.contains("1024 descriptors"),
+        "{msg}"
+    );
+}
+
 /// Two `net_memif` ports (server and client) in one process, connected over a Unix socket.
 #[test]
 fn memif_pair_byte_exact() {

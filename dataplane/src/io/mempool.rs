@@ -51,6 +51,7 @@ pub struct Mempool {
 struct MempoolInner {
     raw: NonNull<ffi::rte_mempool>,
     name: String,
+    capacity: u32,
     _eal: Eal,
 }
 
@@ -98,6 +99,7 @@ impl Mempool {
             inner: Arc::new(MempoolInner {
                 raw,
                 name: config.name.clone(),
+                capacity: config.size,
                 _eal: eal.clone(),
             }),
         })
@@ -106,6 +108,11 @@ impl Mempool {
     /// The pool's name.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// Total mbufs in the pool.
+    pub fn capacity(&self) -> u32 {
+        self.inner.capacity
     }
 
     /// Mbufs currently allocated (out of the pool, including those sitting in port rings).

@@ -91,6 +91,24 @@ pub enum PortError {
         /// The port.
         port: PortId,
     },
+    /// The mempool cannot fill every RX descriptor and still have mbufs left to work with.
+    #[error(
+        "{port}: mempool {pool} holds {capacity} mbufs but {rx_queues} rx queues × {rx_desc} descriptors need more (at least {needed})"
+    )]
+    PoolTooSmall {
+        /// The port.
+        port: PortId,
+        /// The pool's name.
+        pool: String,
+        /// Mbufs in the pool.
+        capacity: u32,
+        /// RX queues requested.
+        rx_queues: u16,
+        /// RX descriptors per queue (after the driver's adjustment).
+        rx_desc: u16,
+        /// The minimum pool size for this port.
+        needed: u32,
+    },
     /// A DPDK call failed.
     #[error("{port}: {source}")]
     Dpdk {
@@ -251,6 +269,18 @@ impl Port {
         };
         ret.to_result("rte_eth_dev_adjust_nb_rx_tx_desc")
             .map_err(dpdk)?;
+        // Every RX descriptor holds an mbuf from the pool; keep at least two bursts spare.
+        let needed = u32::from(config.rx_queues) * u32::from(rx_desc) + 2 * 32;
+        if pool.capacity() < needed {
+            return Err(PortError::PoolTooSmall {
+                port: id,
+                pool: pool.name().to_owned(),
+                capacity: pool.capacity(),
+                rx_queues: config.rx_queues,
+                rx_desc,
+                needed,
+            });
+        }
         let socket = u32::try_from(info.socket.unwrap_or(SOCKET_ID_ANY)).unwrap_or(u32::MAX);
         for q in 0..config.rx_queues {
             // SAFETY: configured port, queue < nb_rx_queues; NULL rxconf = driver defaults;
