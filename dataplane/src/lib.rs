@@ -1,5 +1,5 @@
 //! Sluice's dataplane: everything a forwarding worker does to a packet, and the safe DPDK
-//! wrapper ([`io`]) that feeds it.
+//! wrapper (`io`, behind the default `dpdk` feature) that feeds it.
 //!
 //! Only `io` (and the shared-memory mapping) may use `unsafe`; everything else works on plain
 //! `&[u8]` / `&mut [u8]` packet bytes so it is unit-testable, fuzzable and benchable without DPDK.
