@@ -35,12 +35,19 @@ struct Opt {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt().with_env_filter("warn").with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter("warn")
+        .with_writer(std::io::stderr)
+        .init();
     let opt = Opt::parse();
     if opt.vdevs.len() % 2 != 0 {
         bail!("give an even number of --vdev (ports are forwarded in pairs)");
     }
-    let memory = if opt.no_huge { Memory::NoHuge { mb: 512 } } else { Memory::Hugepages { mb: Some(512) } };
+    let memory = if opt.no_huge {
+        Memory::NoHuge { mb: 512 }
+    } else {
+        Memory::Hugepages { mb: Some(512) }
+    };
     let cfg = EalConfig {
         app_name: "sluice-iofwd".into(),
         main_lcore: opt.lcore,
@@ -49,12 +56,20 @@ fn main() -> Result<()> {
         ..EalConfig::default()
     };
     let eal = Eal::init(&cfg).context("EAL start")?;
-    let pool = Mempool::new(&eal, &MempoolConfig { size: 16383, ..MempoolConfig::named("iofwd") })
-        .context("mempool")?;
+    let pool = Mempool::new(
+        &eal,
+        &MempoolConfig {
+            size: 16383,
+            ..MempoolConfig::named("iofwd")
+        },
+    )
+    .context("mempool")?;
     let mut ports = Vec::new();
     for v in &opt.vdevs {
         let name = v.split(',').next().unwrap_or(v);
-        let id = eal.port_by_name(name).with_context(|| format!("port {name}"))?;
+        let id = eal
+            .port_by_name(name)
+            .with_context(|| format!("port {name}"))?;
         ports.push(Port::new(&eal, id, &PortConfig::default(), &pool)?);
     }
     let mut queues: Vec<_> = ports.iter_mut().map(Port::take_queues).collect();
