@@ -284,3 +284,186 @@ pub fn run_test_in_netns(ns: &Netns, test: &str, timeout: Duration) -> io::Resul
     }
     Ok(())
 }
+
+/// The one-armed load-balancer testbed: a switch namespace with a bridge, and a client, an LB
+/// node and `n` backends each in its own namespace with one veth to the bridge.
+///
+/// ```text
+///   client (10.90.0.2, fd90::2) ──┐
+///   lb     (veth `lb0`, no kernel address: DPDK owns it) ──┤ br0 (namespace sw)
+///   b1…bn  (10.90.0.11…, fd90::11…, TCP servers) ──┘
+/// ```
+///
+/// The VIP is 10.90.0.100 / fd90::100; the LB's own (SNAT) address 10.90.0.3 / fd90::3. Every
+/// MAC is fixed (`02:90:00:00:00:XX`, XX = the host byte) so tables can name them. Checksum and
+/// segmentation offloads are off on the hosts' veths, so every frame the LB sees on `lb0` is a
+/// complete, checksummed packet of at most the MTU (as on a real wire).
+#[derive(Debug)]
+pub struct OneArm {
+    /// The backends, in order b1…bn.
+    pub backends: Vec<Netns>,
+    /// The client.
+    pub client: Netns,
+    /// The LB node; its `lb0` is the port DPDK opens with `net_af_packet`.
+    pub lb: Netns,
+    /// The switch (declared last so it is deleted after the hosts).
+    pub sw: Netns,
+}
+
+/// Testbed addressing (see [`OneArm`]).
+pub mod addr {
+    /// The VIP (IPv4).
+    pub const VIP4: &str = "10.90.0.100";
+    /// The VIP (IPv6).
+    pub const VIP6: &str = "fd90::100";
+    /// The LB node's own IPv4 address (NAT source).
+    pub const LB4: &str = "10.90.0.3";
+    /// The LB node's own IPv6 address (NAT source).
+    pub const LB6: &str = "fd90::3";
+    /// The client's IPv4 address.
+    pub const CLIENT4: &str = "10.90.0.2";
+    /// The client's IPv6 address.
+    pub const CLIENT6: &str = "fd90::2";
+    /// The MAC of host byte `b`.
+    pub fn mac(b: u8) -> [u8; 6] {
+        [0x02, 0x90, 0, 0, 0, b]
+    }
+    /// The MAC of host byte `b`, as text.
+    pub fn mac_str(b: u8) -> String {
+        format!("02:90:00:00:00:{b:02x}")
+    }
+    /// Backend `i`'s (0-based) host byte.
+    pub fn backend_host(i: usize) -> u8 {
+        11 + u8::try_from(i).unwrap_or(0)
+    }
+    /// Backend `i`'s IPv4 address.
+    pub fn backend4(i: usize) -> String {
+        format!("10.90.0.{}", backend_host(i))
+    }
+    /// Backend `i`'s IPv6 address.
+    pub fn backend6(i: usize) -> String {
+        format!("fd90::{}", backend_host(i))
+    }
+    /// Host byte of the LB node.
+    pub const LB_HOST: u8 = 3;
+    /// Host byte of the client.
+    pub const CLIENT_HOST: u8 = 2;
+}
+
+/// How the backends are set up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendMode {
+    /// Plain hosts (full NAT: the LB rewrites addresses both ways).
+    Nat,
+    /// L2 direct server return: the VIP on the backends' loopback, ARP for it suppressed,
+    /// replies go straight to the client.
+    Dsr,
+}
+
+impl OneArm {
+    /// Builds the testbed.
+    ///
+    /// # Errors
+    /// Any failing `ip` / `sysctl` / `ethtool` command.
+    pub fn new(tag: &str, backends: usize, mode: BackendMode) -> io::Result<OneArm> {
+        remove_stale();
+        let sw = Netns::new(&format!("{tag}sw"))?;
+        sw.ip(&["link", "add", "br0", "type", "bridge"])?;
+        sw.sysctl("net.ipv6.conf.br0.disable_ipv6", "1")?;
+        sw.ip(&["link", "set", "br0", "up"])?;
+        let host = |name: &str, byte: u8, ifname: &str| -> io::Result<Netns> {
+            let ns = Netns::new(&format!("{tag}{name}"))?;
+            let port = format!("p{name}");
+            ns.veth_to(ifname, &sw, &port)?;
+            sw.ip(&["link", "set", &port, "master", "br0"])?;
+            ns.ip(&["link", "set", ifname, "down"])?;
+            ns.ip(&["link", "set", ifname, "address", &addr::mac_str(byte)])?;
+            // Complete, MTU-sized frames on the wire: no checksum offload, TSO or GSO.
+            ns.exec(
+                "ethtool",
+                &["-K", ifname, "tx", "off", "tso", "off", "gso", "off"],
+            )?;
+            if ifname == "eth0" {
+                ns.ip(&["addr", "add", &format!("10.90.0.{byte}/24"), "dev", ifname])?;
+                let v6 = format!("fd90::{byte:x}/64");
+                ns.ip(&["-6", "addr", "add", &v6, "dev", ifname, "nodad"])?;
+            } else {
+                // The LB's port belongs to DPDK: the kernel keeps no address and stays quiet.
+                ns.sysctl(&format!("net.ipv6.conf.{ifname}.disable_ipv6"), "1")?;
+            }
+            ns.ip(&["link", "set", ifname, "up"])?;
+            Ok(ns)
+        };
+        let client = host("c", addr::CLIENT_HOST, "eth0")?;
+        let lb = host("lb", addr::LB_HOST, "lb0")?;
+        let mut bs = Vec::new();
+        for i in 0..backends {
+            let b = host(&format!("b{}", i + 1), addr::backend_host(i), "eth0")?;
+            if mode == BackendMode::Dsr {
+                b.ip(&["addr", "add", &format!("{}/32", addr::VIP4), "dev", "lo"])?;
+                b.ip(&[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{}/128", addr::VIP6),
+                    "dev",
+                    "lo",
+                ])?;
+                b.sysctl("net.ipv4.conf.all.arp_ignore", "1")?;
+                b.sysctl("net.ipv4.conf.all.arp_announce", "2")?;
+                b.sysctl("net.ipv4.conf.eth0.rp_filter", "0")?;
+                b.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+            }
+            bs.push(b);
+        }
+        Ok(OneArm {
+            backends: bs,
+            client,
+            lb,
+            sw,
+        })
+    }
+
+    /// Starts `tb-server` (at `server_bin`) on every backend, listening on `port` on all
+    /// addresses, named b1…bn. The servers are killed when the returned guards drop.
+    ///
+    /// # Errors
+    /// Spawn failure.
+    pub fn start_servers(&self, server_bin: &Path, port: u16) -> io::Result<Vec<Proc>> {
+        let mut procs = Vec::new();
+        for (i, b) in self.backends.iter().enumerate() {
+            let name = format!("b{}", i + 1);
+            let mut cmd = b.command(server_bin);
+            cmd.args(["--listen", &format!("[::]:{port}"), "--name", &name])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            procs.push(Proc::spawn(&name, &mut cmd)?);
+        }
+        // Wait until every server accepts (bounded).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (i, b) in self.backends.iter().enumerate() {
+            let probe = addr::backend4(i);
+            loop {
+                let ok = b
+                    .command("bash")
+                    .args(["-c", &format!("exec 3<>/dev/tcp/{probe}/{port}")])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if ok {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(io::Error::other(format!(
+                        "server b{} never listened",
+                        i + 1
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(procs)
+    }
+}
