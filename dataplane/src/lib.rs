@@ -6,7 +6,8 @@
 
 #![deny(unsafe_code)]
 
-#[cfg(feature = "dpdk")]
+pub mod config;
 pub mod io;
 pub mod maglev;
+pub mod tables;
 pub mod wire;

@@ -1,4 +1,6 @@
-//! The safe DPDK wrapper: the only code besides `sluice-ffi` that calls DPDK.
+//! The safe DPDK wrapper (behind the `dpdk` feature): the only code besides `sluice-ffi` that
+//! calls DPDK. Also home of the other mapped-memory code (the shared table region), which
+//! `control` uses without DPDK.
 //!
 //! It exposes [`Eal`], [`Mempool`], [`Port`], [`RxQueue`], [`TxQueue`], [`Mbuf`] and
 //! [`MbufBurst`]; everything above this module sees packet bytes as `&[u8]` / `&mut [u8]`.
@@ -22,16 +24,28 @@
 //! DPDK gives them an lcore id and with it a mempool cache.
 #![allow(unsafe_code)]
 
+#[cfg(feature = "dpdk")]
 mod eal;
+#[cfg(feature = "dpdk")]
 mod error;
+#[cfg(feature = "dpdk")]
 mod mbuf;
+#[cfg(feature = "dpdk")]
 mod mempool;
+#[cfg(feature = "dpdk")]
 mod port;
+pub mod shm;
 
+#[cfg(feature = "dpdk")]
 pub use eal::{Eal, EalConfig, EalError, Memory, lcore_id, register_thread, tsc, tsc_hz};
+#[cfg(feature = "dpdk")]
 pub use error::DpdkError;
+#[cfg(feature = "dpdk")]
 pub use mbuf::{BURST, Mbuf, MbufBurst, MbufError};
+#[cfg(feature = "dpdk")]
 pub use mempool::{Mempool, MempoolConfig};
+#[cfg(feature = "dpdk")]
 pub use port::{
     LinkStatus, Port, PortConfig, PortError, PortId, PortInfo, PortStats, QueueId, RxQueue, TxQueue,
 };
+pub use shm::{Backing, ShmError};

@@ -1,0 +1,574 @@
+//! The dataplane side: [`Tables`] maps a region and registers workers; a [`Worker`] checks
+//! the published generation once per burst, switches to it, acks it, and answers lookups from
+//! its own [`ServiceView`]s. See the [module docs](super) for the protocol.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use hashbrown::HashMap;
+
+use super::bump;
+use super::layout::{
+    BackendEntry, Capacity, Generation, Header, MAX_BACKENDS, MAX_TABLE_SIZE, Mode, OWNER_DEAD,
+    OWNER_FREE, OWNER_LIVE, ServiceCounters, ServiceEntry, ServiceId, ServiceKey, WorkerBlock,
+    pack_owner, unpack_owner, unpack_published,
+};
+use crate::io::shm::{Backing, Mapping, Shared, ShmError};
+use sluice_hugepages::Region;
+
+/// Fixed seeds for the per-worker service index: it holds control's keys only, so hash
+/// flooding is not a concern, and fixed seeds keep runs reproducible (STYLE rule 18).
+const INDEX_SEEDS: [u64; 4] = [
+    0x736c_7569_6365_2d31,
+    0x7461_626c_6573_2d32,
+    0x696e_6465_782d_3033,
+    0x6b65_7973_2d2d_3034,
+];
+
+type Index = HashMap<ServiceKey, u32, ahash::RandomState>;
+
+/// A mapped table region, validated; registers [`Worker`]s.
+#[derive(Debug, Clone)]
+pub struct Tables {
+    map: Arc<Mapping>,
+}
+
+// === impl Tables ===
+
+impl Tables {
+    /// Maps region `name`, searching every backing (hugetlbfs first, then `/dev/shm`).
+    ///
+    /// # Errors
+    ///
+    /// See [`Tables::map_with`].
+    pub fn map(name: &str) -> Result<Self, ShmError> {
+        Self::map_with(name, Backing::Auto)
+    }
+
+    /// Maps region `name` in the places `backing` allows and checks its header.
+    ///
+    /// # Errors
+    ///
+    /// [`ShmError::Region`] (`NotFound`, …), [`ShmError::NotInitialized`] (retry),
+    /// [`ShmError::BadMagic`], [`ShmError::AbiMismatch`] (a region of another format: refused),
+    /// [`ShmError::SizeMismatch`], [`ShmError::Capacity`].
+    pub fn map_with(name: &str, backing: Backing) -> Result<Self, ShmError> {
+        let region = Region::open_with(name, backing)?;
+        Ok(Self {
+            map: Arc::new(Mapping::validate(region)?),
+        })
+    }
+
+    /// The region's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        self.map.region().name()
+    }
+
+    /// The region's capacity.
+    #[must_use]
+    pub fn capacity(&self) -> Capacity {
+        self.map.geometry().capacity
+    }
+
+    /// The published generation right now.
+    #[must_use]
+    pub fn published(&self) -> Generation {
+        unpack_published(self.map.header().published.load(Ordering::Acquire)).0
+    }
+
+    /// Control's heartbeat counter (it moves while control publishes or reclaims).
+    #[must_use]
+    pub fn control_heartbeat(&self) -> u64 {
+        self.map.header().control_heartbeat.load(Ordering::Relaxed)
+    }
+
+    /// How many times a writer created or attached to the region.
+    #[must_use]
+    pub fn writer_epoch(&self) -> u64 {
+        self.map.header().writer_epoch.load(Ordering::Relaxed)
+    }
+
+    /// Registers a worker in the first free (or dead) block, switched to the published
+    /// generation before it returns.
+    ///
+    /// # Errors
+    ///
+    /// [`ShmError::NoFreeWorkerBlock`], or the errors of the first switch
+    /// ([`ShmError::Corrupt`]).
+    pub fn register(&self) -> Result<Worker, ShmError> {
+        for i in 0..self.capacity().max_workers {
+            match self.claim(i, false) {
+                Err(ShmError::WorkerBusy { .. }) => {}
+                other => return other,
+            }
+        }
+        Err(ShmError::NoFreeWorkerBlock {
+            max_workers: self.capacity().max_workers,
+        })
+    }
+
+    /// Registers a worker in block `index`. With `takeover`, a block another worker still
+    /// holds is taken (a restarted dataplane reclaiming its workers' blocks before control
+    /// has judged the old ones dead); the old holder, if it still runs, gets
+    /// [`ShmError::Evicted`] at its next check.
+    ///
+    /// # Errors
+    ///
+    /// [`ShmError::WorkerBusy`] when `index` is out of range or, without `takeover`, held by a
+    /// live worker; otherwise as [`Tables::register`].
+    pub fn register_at(&self, index: u32, takeover: bool) -> Result<Worker, ShmError> {
+        self.claim(index, takeover)
+    }
+
+    fn claim(&self, index: u32, takeover: bool) -> Result<Worker, ShmError> {
+        let busy = ShmError::WorkerBusy { index };
+        let block = Mapping::shared_worker(&self.map, index).ok_or(busy)?;
+        let counters =
+            Mapping::shared_counters(&self.map, index).ok_or(ShmError::WorkerBusy { index })?;
+        let current = block.owner.load(Ordering::SeqCst);
+        let (incarnation, state) = unpack_owner(current);
+        if state == OWNER_LIVE && !takeover {
+            return Err(ShmError::WorkerBusy { index });
+        }
+        let owner = pack_owner(incarnation.wrapping_add(1), OWNER_LIVE);
+        block
+            .owner
+            .compare_exchange(current, owner, Ordering::SeqCst, Ordering::SeqCst)
+            .map_err(|_| ShmError::WorkerBusy { index })?;
+        block
+            .pid
+            .store(u64::from(std::process::id()), Ordering::Relaxed);
+        let mut worker = Worker {
+            header: Mapping::shared_header(&self.map),
+            block,
+            counters,
+            map: Arc::clone(&self.map),
+            index,
+            owner,
+            seen: 0,
+            generation: Generation::NONE,
+            dir_slot: 0,
+            views: Vec::new(),
+            spare: Vec::new(),
+            by_key: Index::with_hasher(ahash::RandomState::with_seeds(
+                INDEX_SEEDS[0],
+                INDEX_SEEDS[1],
+                INDEX_SEEDS[2],
+                INDEX_SEEDS[3],
+            )),
+            scratch: Vec::new(),
+        };
+        worker.heartbeat();
+        // Ordering: this SeqCst load follows the SeqCst claim above; it pairs with the SeqCst
+        // publish store and owner loads in `Writer` (see `Writer::publish`), so either control
+        // waits for this block's ack or this load sees every generation control may reclaim
+        // behind.
+        let word = worker.header.published.load(Ordering::SeqCst);
+        worker.switch_to(word)?;
+        Ok(worker)
+    }
+}
+
+/// One service as a worker sees it: validated against the arena at switch time, so every
+/// accessor is bounds-checked and panic-free.
+///
+/// Only ever lent out by a [`Worker`] (`&ServiceView`), never owned or cloned by callers: the
+/// memory it points at stays immutable only until the worker acks a newer generation, which
+/// [`Worker::check`] does under `&mut self`, when no such borrow can be alive.
+pub struct ServiceView {
+    entry: ServiceEntry,
+    key: ServiceKey,
+    mode: Mode,
+    index: u32,
+    m: u64,
+    backends: Shared<[BackendEntry]>,
+    table: Shared<[u16]>,
+}
+
+impl fmt::Debug for ServiceView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceView")
+            .field("index", &self.index)
+            .field("entry", &self.entry)
+            .finish()
+    }
+}
+
+// === impl ServiceView ===
+
+impl ServiceView {
+    /// A second handle on the same view, for a worker that keeps an unchanged service across
+    /// a switch. Deliberately not `Clone`: see the type docs.
+    fn duplicate(&self) -> Self {
+        Self {
+            entry: self.entry,
+            key: self.key,
+            mode: self.mode,
+            index: self.index,
+            m: self.m,
+            backends: self.backends.clone(),
+            table: self.table.clone(),
+        }
+    }
+
+    /// What packets match.
+    #[inline]
+    #[must_use]
+    pub fn key(&self) -> &ServiceKey {
+        &self.key
+    }
+
+    /// The stable service id.
+    #[inline]
+    #[must_use]
+    pub fn id(&self) -> ServiceId {
+        self.entry.id()
+    }
+
+    /// The forwarding mode.
+    #[inline]
+    #[must_use]
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The generation that wrote this service's tables.
+    #[inline]
+    #[must_use]
+    pub fn version(&self) -> Generation {
+        self.entry.version()
+    }
+
+    /// The directory index: stable for the service's life; indexes per-service counters.
+    #[inline]
+    #[must_use]
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The raw directory entry.
+    #[must_use]
+    pub fn entry(&self) -> &ServiceEntry {
+        &self.entry
+    }
+
+    /// The backends in Maglev slot order.
+    #[inline]
+    #[must_use]
+    pub fn backends(&self) -> &[BackendEntry] {
+        &self.backends
+    }
+
+    /// The Maglev table: `M` backend slots (or `u16::MAX` when empty).
+    #[inline]
+    #[must_use]
+    pub fn table(&self) -> &[u16] {
+        &self.table
+    }
+
+    /// The backend for a flow hash: `backends[table[hash % M]]`, as
+    /// [`MaglevTable::lookup`](crate::maglev::MaglevTable::lookup) computes the slot. `None`
+    /// when the table is empty or (corrupt) names no backend.
+    #[inline]
+    #[must_use]
+    pub fn lookup(&self, hash: u64) -> Option<&BackendEntry> {
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "hash % M < M <= 655 373, which fits any usize"
+        )]
+        let i = (hash % self.m) as usize;
+        let slot = *self.table().get(i)?;
+        self.backends().get(usize::from(slot))
+    }
+}
+
+fn view_for(map: &Arc<Mapping>, index: u32, e: &ServiceEntry) -> Result<ServiceView, &'static str> {
+    let key = e.key().ok_or("unknown address family")?;
+    let mode = e.mode().ok_or("unknown forwarding mode")?;
+    if e.table_size == 0 || e.table_size > MAX_TABLE_SIZE {
+        return Err("table size out of range");
+    }
+    if e.n_backends > MAX_BACKENDS {
+        return Err("too many backends");
+    }
+    let backends = Mapping::arena_slice::<BackendEntry>(map, e.backends_offset, e.n_backends)
+        .map_err(|_| "backends outside the arena")?;
+    let table = Mapping::arena_slice::<u16>(map, e.table_offset, e.table_size)
+        .map_err(|_| "table outside the arena")?;
+    Ok(ServiceView {
+        entry: *e,
+        key,
+        mode,
+        index,
+        m: u64::from(e.table_size),
+        backends,
+        table,
+    })
+}
+
+/// One dataplane worker's handle: its block (ack, heartbeat, counters) and the tables of the
+/// generation it acked. Not shared between threads: each worker registers its own.
+pub struct Worker {
+    header: Shared<Header>,
+    block: Shared<WorkerBlock>,
+    counters: Shared<[ServiceCounters]>,
+    map: Arc<Mapping>,
+    index: u32,
+    owner: u64,
+    /// The last published word handled (switched to, or refused as corrupt).
+    seen: u64,
+    generation: Generation,
+    dir_slot: u32,
+    /// Valid services, in directory-index order.
+    views: Vec<ServiceView>,
+    spare: Vec<ServiceView>,
+    by_key: Index,
+    scratch: Vec<ServiceEntry>,
+}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("index", &self.index)
+            .field("generation", &self.generation)
+            .field("services", &self.views.len())
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl Worker ===
+
+impl Worker {
+    /// Once per burst: bumps the heartbeat and checks the published generation (one acquire
+    /// load). When it moved, switches to it and acks it (returning it); otherwise `Ok(None)`.
+    /// Also notices when control judged this worker dead, and re-synchronises.
+    ///
+    /// # Errors
+    ///
+    /// [`ShmError::Corrupt`] when the published directory is inconsistent (the worker keeps
+    /// its previous tables and does not ack; it retries at the next publication), or
+    /// [`ShmError::Evicted`] when its block was taken over (its tables are dropped; register
+    /// again).
+    #[inline]
+    pub fn check(&mut self) -> Result<Option<Generation>, ShmError> {
+        self.heartbeat();
+        let word = self.header.published.load(Ordering::Acquire);
+        if word == self.seen && self.block.owner.load(Ordering::Relaxed) == self.owner {
+            return Ok(None);
+        }
+        self.switch_to(word)
+    }
+
+    /// Bumps the heartbeat ([`Worker::check`] does it too).
+    #[inline]
+    pub fn heartbeat(&self) {
+        bump(&self.block.heartbeat, 1);
+    }
+
+    /// The generation whose tables this worker uses (and has acked).
+    #[inline]
+    #[must_use]
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
+    /// This worker's block index.
+    #[must_use]
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The service for a packet's `(VIP, port, proto)`.
+    #[inline]
+    #[must_use]
+    pub fn service(&self, key: &ServiceKey) -> Option<&ServiceView> {
+        let i = *self.by_key.get(key)?;
+        self.views.get(usize::try_from(i).ok()?)
+    }
+
+    /// Every valid service of the current generation, in directory-index order.
+    #[must_use]
+    pub fn services(&self) -> &[ServiceView] {
+        &self.views
+    }
+
+    /// This worker's block: its counters for the worker loop to bump with
+    /// [`bump`](super::bump) (single writer, `Relaxed`).
+    #[inline]
+    #[must_use]
+    pub fn block(&self) -> &WorkerBlock {
+        &self.block
+    }
+
+    /// This worker's per-service counters, indexed by [`ServiceView::index`].
+    #[inline]
+    #[must_use]
+    pub fn service_counters(&self) -> &[ServiceCounters] {
+        &self.counters
+    }
+
+    /// Counts one forwarded packet of `bytes` bytes for `view`'s service.
+    #[inline]
+    pub fn count(&self, view: &ServiceView, bytes: u64) {
+        if let Some(c) = usize::try_from(view.index)
+            .ok()
+            .and_then(|i| self.counters.get(i))
+        {
+            bump(&c.packets, 1);
+            bump(&c.bytes, bytes);
+        }
+    }
+
+    /// Re-reads the directory slot in use and compares it with what this worker copied at
+    /// its switch: `true` when the slot still holds this generation, unchanged. A check for
+    /// tests and debugging (it allocates): it is `false` only if control broke the protocol.
+    #[must_use]
+    pub fn revalidate(&self) -> bool {
+        if self.generation == Generation::NONE {
+            return true;
+        }
+        let mut now = Vec::new();
+        let Ok(head) = self.map.read_dir(self.dir_slot, &mut now) else {
+            return false;
+        };
+        head.generation == self.generation.get()
+            && self.views.iter().all(|v| {
+                usize::try_from(v.index)
+                    .ok()
+                    .and_then(|i| now.get(i))
+                    .is_some_and(|e| *e == v.entry)
+            })
+    }
+
+    /// The slow path of [`Worker::check`]: re-claim after eviction if needed, read the
+    /// published directory, build views, ack.
+    #[cold]
+    #[inline(never)]
+    fn switch_to(&mut self, mut word: u64) -> Result<Option<Generation>, ShmError> {
+        if self.block.owner.load(Ordering::SeqCst) != self.owner {
+            self.recover()?;
+            word = self.header.published.load(Ordering::SeqCst);
+        }
+        self.seen = word;
+        let (generation, slot) = unpack_published(word);
+        let skipped = match self.build(generation, slot) {
+            Ok(skipped) => skipped,
+            Err(e) => {
+                bump(&self.block.table_errors, 1);
+                tracing::warn!(worker = self.index, %generation, error = %e, "refusing table generation");
+                return Err(e);
+            }
+        };
+        self.generation = generation;
+        self.dir_slot = slot;
+        bump(&self.block.table_switches, 1);
+        if skipped > 0 {
+            bump(&self.block.table_errors, skipped);
+        }
+        // Ordering: every view of the previous generation was dropped in `build` (and
+        // `&mut self` means no borrow of one is alive), so this worker reads nothing older
+        // than `generation` from here on. Release publishes that to control's acquire load:
+        // it may now reuse what only older generations referenced.
+        self.block.ack.store(generation.get(), Ordering::Release);
+        Ok(Some(generation))
+    }
+
+    /// Control judged this worker dead (or another worker took the block). Drops the views —
+    /// control may already be rewriting what they point at — and re-claims the block if it is
+    /// still this worker's, marked dead.
+    fn recover(&mut self) -> Result<(), ShmError> {
+        self.views.clear();
+        self.by_key.clear();
+        self.generation = Generation::NONE;
+        let current = self.block.owner.load(Ordering::SeqCst);
+        let (incarnation, state) = unpack_owner(current);
+        if incarnation == unpack_owner(self.owner).0 && state == OWNER_DEAD {
+            let owner = pack_owner(incarnation.wrapping_add(1), OWNER_LIVE);
+            if self
+                .block
+                .owner
+                .compare_exchange(current, owner, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                tracing::warn!(
+                    worker = self.index,
+                    "control judged this worker dead; re-claimed its block"
+                );
+                self.owner = owner;
+                return Ok(());
+            }
+        }
+        Err(ShmError::Evicted { index: self.index })
+    }
+
+    /// Reads directory slot `slot` for `generation` and rebuilds the views: unchanged entries
+    /// keep their view, changed ones are validated against the arena, invalid ones are skipped
+    /// (and counted). Returns how many were skipped.
+    fn build(&mut self, generation: Generation, slot: u32) -> Result<u64, ShmError> {
+        let head = self.map.read_dir(slot, &mut self.scratch)?;
+        if head.generation != generation.get() {
+            return Err(ShmError::Corrupt {
+                what: "published directory slot holds another generation",
+            });
+        }
+        self.spare.clear();
+        self.by_key.clear();
+        let mut skipped = 0;
+        let mut old = self.views.iter().peekable();
+        for (index, e) in (0u32..).zip(&self.scratch) {
+            if !e.in_use() {
+                continue;
+            }
+            while old.next_if(|v| v.index < index).is_some() {}
+            let view = match old.peek() {
+                Some(v) if v.index == index && v.entry == *e => Ok(v.duplicate()),
+                _ => view_for(&self.map, index, e),
+            };
+            match view {
+                Ok(v) if !self.by_key.contains_key(&v.key) => {
+                    let pos = u32::try_from(self.spare.len()).unwrap_or(u32::MAX);
+                    self.by_key.insert(v.key, pos);
+                    self.spare.push(v);
+                }
+                Ok(v) => {
+                    skipped += 1;
+                    tracing::warn!(worker = self.index, key = ?v.key, "duplicate service key skipped");
+                }
+                Err(what) => {
+                    skipped += 1;
+                    tracing::warn!(
+                        worker = self.index,
+                        index,
+                        what,
+                        "invalid service entry skipped"
+                    );
+                }
+            }
+        }
+        std::mem::swap(&mut self.views, &mut self.spare);
+        // Drop the previous generation's views before the caller acks.
+        self.spare.clear();
+        Ok(skipped)
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.views.clear();
+        self.spare.clear();
+        let (incarnation, _) = unpack_owner(self.owner);
+        let free = pack_owner(incarnation, OWNER_FREE);
+        for from in [self.owner, pack_owner(incarnation, OWNER_DEAD)] {
+            if self
+                .block
+                .owner
+                .compare_exchange(from, free, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                break;
+            }
+        }
+    }
+}
