@@ -1,0 +1,2049 @@
+//! Per-worker connection tracking: which backend each live flow was given, so that a flow
+//! stays on its backend when the Maglev table changes under it.
+//!
+//! # Contract
+//!
+//! - **One table per worker, never shared.** [`ConnTrack`] has no locks and no atomics; the
+//!   worker that owns it is its only reader and writer. Its keys are hashed with ahash under
+//!   process-local random keys (hash-flooding resistance). That hash never leaves the process;
+//!   the cross-node hash is [`crate::flow::flow_hash`].
+//! - **Bounded, and allocation-free after [`ConnTrack::new`].** The capacity `n` is fixed at
+//!   construction and everything is allocated then: the hash table, the pair slab and its
+//!   free list. [`ConnTrack::insert`] never grows anything. When `len == n` it first ages out
+//!   a few expired entries ([`INSERT_SWEEP_BUDGET`] buckets) and, if the table is still full,
+//!   refuses with [`InsertError::Full`]. The caller then forwards the packet statelessly
+//!   through Maglev: a full table degrades, it never drops (DESIGN, Dataplane step 4).
+//!   `tests/conntrack_noalloc.rs` counts allocations to hold this.
+//! - **Never panics on the packet path.** Lookup, insert, TCP observation and aging take any
+//!   input and any `now` without panicking.
+//! - **Time is injected** (STYLE rule 18). Every call takes `now` as a [`Tick`]: nanoseconds,
+//!   TSC cycles or plain numbers in tests, converted from [`Duration`]s once, at construction,
+//!   through a [`TickRate`]. Nothing here reads a clock.
+//! - **No expired entry is ever returned.** An entry is live while `now < expires`. Each hit
+//!   pushes `expires` to `now` + the timeout of its protocol and TCP state ([`Timeouts`]).
+//!   A lookup that finds an expired entry removes it and reports a miss. Aging
+//!   ([`ConnTrack::evict_expired`]) removes the rest incrementally.
+//! - **TCP FIN/RST shorten a flow's life.** [`ConnTrack::lookup_tcp`] and the flags given to
+//!   `insert` drive [`TcpState`]. A flow whose first packet is a SYN has the short
+//!   `tcp_syn` timeout until a plain ACK arrives. A flow first seen mid-stream counts as
+//!   established at once, so flows moved here from another LB node keep working. After a FIN
+//!   in either direction, or a RST, the `tcp_closing` timeout applies.
+//!
+//! # NAT pairs
+//!
+//! Full NAT needs two entries per connection. The *forward* entry is keyed by
+//! client → VIP; it holds the backend and the SNAT port. The *reverse* entry is keyed by
+//! backend → SNAT address:port, for replies, and must lead back to the client.
+//! [`ConnTrack::insert_pair`] inserts both or neither and links them. Each side stores the
+//! other's slot in a slab of keys, and [`ConnTrack::peer_key`] returns the forward key (the
+//! client's addresses and ports) from the reverse entry without a second hash probe. Each
+//! side has its own deadline, refreshed by its own packets. A pair is removed only when
+//! *both* sides have expired, so a one-way stream keeps its reply path. Removing one side
+//! ([`ConnTrack::remove`], or replacing it with `insert`) removes the other as well. FIN/RST
+//! on one side shortens both.
+//!
+//! # Aging cost
+//!
+//! [`ConnTrack::evict_expired`] walks the hash tables' buckets with a resumable cursor.
+//! Each call visits at most `budget` buckets, so it is O(`budget`). An empty bucket costs a
+//! control-byte read and an expired entry a removal. No key is rehashed, except to check the
+//! peer of an expired NAT pair. A full pass takes `ceil(buckets / budget)` calls.
+//! `buckets` ([`ConnTrack::buckets`]) is about 2.9 × `n` for large tables (see *Memory*). So
+//! an entry outlives its deadline by at most one pass, unless a lookup finds it first. A
+//! shard that rehashes in place (below) moves its entries. That pass may then skip or revisit
+//! some of them, and the next pass catches what it skipped.
+//!
+//! # Memory and the rehash stall
+//!
+//! Deleting from a hashbrown table often leaves a tombstone. Under random churn, 25 to 40 %
+//! of deletions do, even at low load. Once tombstones have used up the free slots, the next
+//! insert rehashes the whole table. hashbrown rehashes in place while `items + 1 ≤ ½` of
+//! the table's item capacity, and otherwise allocates a table twice as large. Two rules follow.
+//!
+//! - **Never allocate.** No table may hold more than half its item capacity minus one
+//!   (`shard_limit`). Every rehash is then in place.
+//! - **Bound the stall.** An in-place rehash touches every entry of the table. Measured on
+//!   the dev machine (release build), it costs 36 ms for one table of 917 503 entries, every
+//!   ~20 M inserts. That is far too long for a worker, so large capacities are split into
+//!   shards of [`SHARD_BUCKETS`] buckets. A key's shard is picked from bits 16..48 of its
+//!   ahash value. One shard rehashes in about 40 µs.
+//!
+//! Layout: a capacity up to [`SHARD_MEAN_MAX`] (2864) is one table sized for `2·(n + 1)`
+//! items. A larger one gets `⌈n / 2864⌉` shards of [`SHARD_BUCKETS`] (8192) buckets, each
+//! allowed 3583 entries. A shard's expected load is then at most 2864, 13 standard
+//! deviations below its limit. The rare insert into a shard at its limit is refused as
+//! [`InsertError::Full`], like any insert into a full table. Each bucket takes 89 bytes: a
+//! 38-byte key, a 48-byte [`Entry`], padding and a control byte. The NAT pair slab and its
+//! free list add 42 bytes per entry. [`ConnTrack::allocated_bytes`] reports the total.
+//! Examples:
+//!
+//! | capacity | shards | buckets | allocated |
+//! |---|---|---|---|
+//! | 100 000 | 35 | 286 720 | 30 MB |
+//! | 1 000 000 | 350 | 2 867 200 | 297 MB |
+
+use std::fmt;
+use std::num::NonZeroU64;
+use std::time::Duration;
+
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry as TableEntry;
+use thiserror::Error;
+
+use crate::flow::FlowKey;
+use crate::wire::{IpProtocol, TcpFlags};
+
+/// Largest capacity [`ConnTrack::new`] accepts: 2²⁶ entries (several GB of table).
+pub const MAX_CAPACITY: usize = 1 << 26;
+
+/// Buckets an insert into a full table ages (see [`ConnTrack::evict_expired`]) before it
+/// refuses with [`InsertError::Full`]. Bounds the extra work a miss does when the table is
+/// full of live flows (a SYN flood).
+pub const INSERT_SWEEP_BUDGET: usize = 64;
+
+/// Buckets of each shard when the capacity needs more than one table (module docs, "Memory
+/// and the rehash stall"). An in-place rehash of one shard takes about 40 µs.
+pub const SHARD_BUCKETS: usize = 8192;
+
+/// Largest capacity kept in one table, and the most entries a shard expects: 4/5 of what a
+/// shard of [`SHARD_BUCKETS`] may hold (hashbrown's 7/8 load factor, halved, minus one),
+/// which leaves 13 standard deviations of headroom.
+pub const SHARD_MEAN_MAX: usize = (SHARD_BUCKETS / 8 * 7 / 2 - 1) / 5 * 4;
+
+const _: () = assert!(SHARD_MEAN_MAX == 2864);
+
+/// Slot value meaning "no slot" in [`Entry`].
+const NO_SLOT: u32 = u32::MAX;
+
+// === Tick ===
+
+/// A point in time, in ticks of the worker's clock: nanoseconds, TSC cycles, or whatever
+/// [`TickRate`] the [`ConnTrack`] was built with. Only differences matter; the epoch is the
+/// caller's. Monotonic in practice; a `now` that goes backwards only delays expiry.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct Tick(pub u64);
+
+impl Tick {
+    /// Tick zero.
+    pub const ZERO: Self = Self(0);
+
+    /// The raw tick count.
+    #[inline]
+    #[must_use]
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// `self + ticks`, saturating at `u64::MAX` (a deadline that never comes).
+    #[inline]
+    #[must_use]
+    pub const fn saturating_add(self, ticks: u64) -> Self {
+        Self(self.0.saturating_add(ticks))
+    }
+
+    /// Ticks from `earlier` to `self`; 0 if `earlier` is later.
+    #[inline]
+    #[must_use]
+    pub const fn saturating_since(self, earlier: Self) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+/// Ticks per second of the worker's clock: how [`Duration`]s become [`Tick`] counts.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct TickRate(NonZeroU64);
+
+impl TickRate {
+    /// One tick per nanosecond.
+    pub const NANOS: Self = Self(NonZeroU64::new(1_000_000_000).unwrap());
+    /// One tick per millisecond (handy in tests).
+    pub const MILLIS: Self = Self(NonZeroU64::new(1_000).unwrap());
+
+    /// A rate of `hz` ticks per second (the TSC frequency, for example).
+    ///
+    /// # Errors
+    ///
+    /// [`ConntrackError::ZeroTickRate`] if `hz` is 0.
+    pub const fn try_new(hz: u64) -> Result<Self, ConntrackError> {
+        match NonZeroU64::new(hz) {
+            Some(hz) => Ok(Self(hz)),
+            None => Err(ConntrackError::ZeroTickRate),
+        }
+    }
+
+    /// Ticks per second.
+    #[inline]
+    #[must_use]
+    pub const fn hz(self) -> u64 {
+        self.0.get()
+    }
+
+    /// `d` in ticks, rounded up (a non-zero duration is never zero ticks); `None` if it does
+    /// not fit in 64 bits.
+    #[must_use]
+    pub fn ticks(self, d: Duration) -> Option<u64> {
+        let t = d
+            .as_nanos()
+            .checked_mul(u128::from(self.hz()))?
+            .div_ceil(1_000_000_000);
+        u64::try_from(t).ok()
+    }
+
+    /// `ticks` as a [`Duration`], rounded down to the nanosecond.
+    #[must_use]
+    pub fn duration(self, ticks: u64) -> Duration {
+        let hz = self.hz();
+        let sub = u128::from(ticks % hz) * 1_000_000_000 / u128::from(hz);
+        // `ticks % hz < hz`, so `sub < 1e9`.
+        Duration::new(ticks / hz, u32::try_from(sub).unwrap_or(999_999_999))
+    }
+}
+
+// === Timeouts ===
+
+/// Idle timeouts per protocol and TCP state: how long after its last packet an entry
+/// expires. The defaults follow IPVS and Katran practice. All must be non-zero.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Timeouts {
+    /// TCP flow past its handshake (or first seen mid-stream). Default 900 s (IPVS
+    /// `ESTABLISHED`).
+    pub tcp_established: Duration,
+    /// TCP flow that has only shown SYNs so far. Default 30 s: a SYN flood ages out quickly.
+    pub tcp_syn: Duration,
+    /// TCP flow after a FIN in either direction or a RST. Default 10 s (IPVS `CLOSE`).
+    pub tcp_closing: Duration,
+    /// UDP flow. Default 60 s.
+    pub udp: Duration,
+    /// Any other protocol (ICMP, ICMPv6, ESP, GRE, ...). Default 30 s.
+    pub other: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tcp_established: Duration::from_secs(900),
+            tcp_syn: Duration::from_secs(30),
+            tcp_closing: Duration::from_secs(10),
+            udp: Duration::from_secs(60),
+            other: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Timeouts {
+    /// Checks that every timeout is non-zero and fits in 64-bit ticks at `rate`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConntrackError::ZeroTimeout`] or [`ConntrackError::TimeoutOverflow`], naming the
+    /// field.
+    pub fn validate(&self, rate: TickRate) -> Result<(), ConntrackError> {
+        TimeoutTicks::new(self, rate).map(|_| ())
+    }
+
+    fn fields(&self) -> [(&'static str, Duration); 5] {
+        [
+            ("tcp_established", self.tcp_established),
+            ("tcp_syn", self.tcp_syn),
+            ("tcp_closing", self.tcp_closing),
+            ("udp", self.udp),
+            ("other", self.other),
+        ]
+    }
+}
+
+/// [`Timeouts`] converted to ticks once, at construction.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct TimeoutTicks {
+    tcp_established: u64,
+    tcp_syn: u64,
+    tcp_closing: u64,
+    udp: u64,
+    other: u64,
+}
+
+impl TimeoutTicks {
+    fn new(t: &Timeouts, rate: TickRate) -> Result<Self, ConntrackError> {
+        let mut ticks = [0u64; 5];
+        for (out, (name, d)) in ticks.iter_mut().zip(t.fields()) {
+            if d.is_zero() {
+                return Err(ConntrackError::ZeroTimeout(name));
+            }
+            *out = rate.ticks(d).ok_or(ConntrackError::TimeoutOverflow(name))?;
+        }
+        let [tcp_established, tcp_syn, tcp_closing, udp, other] = ticks;
+        Ok(Self {
+            tcp_established,
+            tcp_syn,
+            tcp_closing,
+            udp,
+            other,
+        })
+    }
+
+    #[inline]
+    fn for_state(&self, proto: IpProtocol, tcp: TcpState) -> u64 {
+        match proto {
+            IpProtocol::TCP if tcp.is_closing() => self.tcp_closing,
+            IpProtocol::TCP if tcp.is_established() => self.tcp_established,
+            IpProtocol::TCP => self.tcp_syn,
+            IpProtocol::UDP => self.udp,
+            _ => self.other,
+        }
+    }
+}
+
+// === errors ===
+
+/// Why a [`ConnTrack`] could not be built.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Error)]
+pub enum ConntrackError {
+    /// The capacity is zero.
+    #[error("conntrack capacity must be at least 1")]
+    ZeroCapacity,
+    /// The capacity is above [`MAX_CAPACITY`].
+    #[error("conntrack capacity {requested} exceeds the maximum {max}")]
+    CapacityTooLarge {
+        /// The capacity asked for.
+        requested: usize,
+        /// [`MAX_CAPACITY`].
+        max: usize,
+    },
+    /// A timeout is zero; the field is named.
+    #[error("conntrack timeout `{0}` must be non-zero")]
+    ZeroTimeout(&'static str),
+    /// A timeout does not fit in 64-bit ticks at the tick rate; the field is named.
+    #[error("conntrack timeout `{0}` does not fit in 64-bit ticks")]
+    TimeoutOverflow(&'static str),
+    /// The tick rate is zero.
+    #[error("tick rate must be non-zero")]
+    ZeroTickRate,
+}
+
+/// Why an insert did nothing. A one-byte `Copy` value for the hot path (STYLE rule 9); both
+/// variants mean "forward this packet statelessly".
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Error)]
+#[repr(u8)]
+pub enum InsertError {
+    /// The table holds `capacity` live entries (after aging a few): go stateless.
+    #[error("conntrack table full")]
+    Full,
+    /// [`ConnTrack::insert_pair`] was given the same key for both directions. That happens
+    /// with hairpin NAT to the client itself, and a pair cannot be one entry.
+    #[error("NAT pair with identical forward and reverse keys")]
+    SameKey,
+}
+
+// === TcpState ===
+
+/// What a TCP flow has shown so far: bit flags, 1 byte.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct TcpState(u8);
+
+impl TcpState {
+    const SYN: u8 = 0x01;
+    const ESTABLISHED: u8 = 0x02;
+    const FIN_ORIG: u8 = 0x04;
+    const FIN_REPLY: u8 = 0x08;
+    const RST: u8 = 0x10;
+    const CLOSING: u8 = Self::FIN_ORIG | Self::FIN_REPLY | Self::RST;
+
+    /// A SYN was seen.
+    #[inline]
+    #[must_use]
+    pub const fn syn_seen(self) -> bool {
+        self.0 & Self::SYN != 0
+    }
+
+    /// A plain ACK (no SYN) was seen, or the flow was first seen mid-stream.
+    #[inline]
+    #[must_use]
+    pub const fn is_established(self) -> bool {
+        self.0 & Self::ESTABLISHED != 0
+    }
+
+    /// A FIN from the side that opened the flow (client → VIP).
+    #[inline]
+    #[must_use]
+    pub const fn fin_orig(self) -> bool {
+        self.0 & Self::FIN_ORIG != 0
+    }
+
+    /// A FIN from the reply side (seen on a reverse NAT entry).
+    #[inline]
+    #[must_use]
+    pub const fn fin_reply(self) -> bool {
+        self.0 & Self::FIN_REPLY != 0
+    }
+
+    /// A RST in either direction.
+    #[inline]
+    #[must_use]
+    pub const fn rst(self) -> bool {
+        self.0 & Self::RST != 0
+    }
+
+    /// FIN or RST seen: the `tcp_closing` timeout applies.
+    #[inline]
+    #[must_use]
+    pub const fn is_closing(self) -> bool {
+        self.0 & Self::CLOSING != 0
+    }
+
+    /// The state after a segment with `flags`, seen in the reply direction if `reply`.
+    #[inline]
+    const fn observe(self, flags: TcpFlags, reply: bool) -> Self {
+        let mut s = self.0;
+        if flags.rst() {
+            s |= Self::RST;
+        }
+        if flags.fin() {
+            s |= if reply {
+                Self::FIN_REPLY
+            } else {
+                Self::FIN_ORIG
+            };
+        }
+        if flags.syn() {
+            s |= Self::SYN;
+        } else if flags.ack() {
+            s |= Self::ESTABLISHED;
+        }
+        Self(s)
+    }
+
+    /// The state of a flow whose first packet had `flags`. Without a SYN, the flow was
+    /// picked up mid-stream and counts as established.
+    #[inline]
+    const fn first(flags: TcpFlags, reply: bool) -> Self {
+        let s = Self(0).observe(flags, reply);
+        if s.syn_seen() {
+            s
+        } else {
+            Self(s.0 | Self::ESTABLISHED)
+        }
+    }
+}
+
+impl fmt::Debug for TcpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut list = f.debug_set();
+        for (bit, name) in [
+            (Self::SYN, "SYN"),
+            (Self::ESTABLISHED, "ESTABLISHED"),
+            (Self::FIN_ORIG, "FIN_ORIG"),
+            (Self::FIN_REPLY, "FIN_REPLY"),
+            (Self::RST, "RST"),
+        ] {
+            if self.0 & bit != 0 {
+                list.entry(&format_args!("{name}"));
+            }
+        }
+        list.finish()
+    }
+}
+
+// === Entry ===
+
+/// One tracked flow: where it goes and how long it lives. 48 bytes, `Copy`.
+///
+/// Built with [`Entry::new`] (plus [`Entry::with_nat_port`] for NAT) and handed to
+/// [`ConnTrack::insert`], which fills in the times and the TCP state. The backend and
+/// service are stable ids from the control plane's tables, not Maglev slots, so a hit stays
+/// on its backend however the Maglev table changes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Entry {
+    created: Tick,
+    last_seen: Tick,
+    expires: Tick,
+    backend_id: u32,
+    service_id: u32,
+    /// This entry's slot in the pair slab, or [`NO_SLOT`].
+    slot: u32,
+    /// The paired entry's slot, or [`NO_SLOT`].
+    peer: u32,
+    nat_port: u16,
+    tcp: TcpState,
+    flags: u8,
+}
+
+const _: () = assert!(size_of::<Entry>() == 48);
+
+impl Entry {
+    /// `flags` bit: the reply direction of a NAT pair.
+    const REVERSE: u8 = 0x01;
+
+    /// An entry sending the flow to `backend_id` of `service_id`.
+    #[inline]
+    #[must_use]
+    pub const fn new(backend_id: u32, service_id: u32) -> Self {
+        Self {
+            created: Tick::ZERO,
+            last_seen: Tick::ZERO,
+            expires: Tick::ZERO,
+            backend_id,
+            service_id,
+            slot: NO_SLOT,
+            peer: NO_SLOT,
+            nat_port: 0,
+            tcp: TcpState(0),
+            flags: 0,
+        }
+    }
+
+    /// The same entry with a NAT port: on a forward NAT entry, the SNAT source port chosen
+    /// for the flow; free for other uses elsewhere.
+    #[inline]
+    #[must_use]
+    pub const fn with_nat_port(self, port: u16) -> Self {
+        Self {
+            nat_port: port,
+            ..self
+        }
+    }
+
+    /// The backend's stable id.
+    #[inline]
+    #[must_use]
+    pub const fn backend_id(&self) -> u32 {
+        self.backend_id
+    }
+
+    /// Moves the flow to another backend (for example when its backend was removed).
+    #[inline]
+    pub fn set_backend_id(&mut self, backend_id: u32) {
+        self.backend_id = backend_id;
+    }
+
+    /// The service's stable id.
+    #[inline]
+    #[must_use]
+    pub const fn service_id(&self) -> u32 {
+        self.service_id
+    }
+
+    /// The NAT port (see [`Entry::with_nat_port`]).
+    #[inline]
+    #[must_use]
+    pub const fn nat_port(&self) -> u16 {
+        self.nat_port
+    }
+
+    /// When the entry was inserted.
+    #[inline]
+    #[must_use]
+    pub const fn created(&self) -> Tick {
+        self.created
+    }
+
+    /// The last packet that hit it (or its insertion).
+    #[inline]
+    #[must_use]
+    pub const fn last_seen(&self) -> Tick {
+        self.last_seen
+    }
+
+    /// Its deadline: it is live while `now < expires()`.
+    #[inline]
+    #[must_use]
+    pub const fn expires(&self) -> Tick {
+        self.expires
+    }
+
+    /// TCP state (empty for other protocols).
+    #[inline]
+    #[must_use]
+    pub const fn tcp_state(&self) -> TcpState {
+        self.tcp
+    }
+
+    /// Whether this is the reverse (reply) entry of a NAT pair.
+    #[inline]
+    #[must_use]
+    pub const fn is_reverse(&self) -> bool {
+        self.flags & Self::REVERSE != 0
+    }
+
+    /// Whether this entry is one side of a NAT pair ([`ConnTrack::peer_key`] finds the other).
+    #[inline]
+    #[must_use]
+    pub const fn has_peer(&self) -> bool {
+        self.peer != NO_SLOT
+    }
+
+    #[inline]
+    const fn is_live(&self, now: Tick) -> bool {
+        now.0 < self.expires.0
+    }
+}
+
+// === Stats ===
+
+/// Event counters, plain `u64`s that only the owning worker writes. The worker copies them
+/// into its shared counter block (STYLE rule 10).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
+pub struct Stats {
+    /// Lookups that found a live entry.
+    pub hits: u64,
+    /// Lookups that found none (or only an expired one).
+    pub misses: u64,
+    /// Entries inserted (a NAT pair counts two).
+    pub inserts: u64,
+    /// Inserts refused because the table was full: packets sent on statelessly.
+    pub full: u64,
+    /// Entries a lookup found expired and removed.
+    pub expired: u64,
+    /// Entries the aging sweep removed ([`ConnTrack::evict_expired`], and inserts into a full
+    /// table).
+    pub evicted: u64,
+    /// Entries removed by [`ConnTrack::remove`], or because an insert replaced them or their
+    /// pair.
+    pub removed: u64,
+}
+
+// === ConnTrack ===
+
+type Table = HashTable<(FlowKey, Entry)>;
+
+/// A worker's connection-tracking table. See the module docs for the contract.
+pub struct ConnTrack {
+    /// The shards; a key lives in `tables[shard_of(hash)]`.
+    tables: Box<[Table]>,
+    /// `tables.len()` as the multiplier of [`shard_of`].
+    nshards: u64,
+    /// Most entries one shard may hold: at most half its hashbrown capacity minus one, so a
+    /// rehash of that shard is always in place.
+    shard_limit: usize,
+    hasher: ahash::RandomState,
+    /// Pair slab: slot → key of a NAT pair member. Only pair members hold a slot.
+    keys: Box<[Option<FlowKey>]>,
+    /// Free slots of `keys`; capacity `capacity`, so pushes never allocate.
+    free: Vec<u32>,
+    /// Next bucket the aging sweep visits: `(shard, bucket)`.
+    cursor: (usize, usize),
+    /// Buckets over all shards (fixed: shards only ever rehash in place).
+    buckets: usize,
+    len: usize,
+    capacity: usize,
+    timeouts: TimeoutTicks,
+    stats: Stats,
+}
+
+impl fmt::Debug for ConnTrack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnTrack")
+            .field("len", &self.len)
+            .field("capacity", &self.capacity)
+            .field("shards", &self.tables.len())
+            .field("shard_limit", &self.shard_limit)
+            .field("buckets", &self.buckets())
+            .field("cursor", &self.cursor)
+            .field("timeouts", &self.timeouts)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The shard of a key with ahash value `hash`, out of `nshards`: a multiply-shift of hash
+/// bits 16..48. hashbrown places entries with the low bits and tags them with the top 7,
+/// so neither is constant within a shard.
+#[inline]
+fn shard_of(hash: u64, nshards: u64) -> usize {
+    let x = ((hash >> 16) & 0xFFFF_FFFF) * nshards;
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "x >> 32 < nshards <= MAX_CAPACITY, which fits any usize"
+    )]
+    let i = (x >> 32) as usize;
+    i
+}
+
+/// hashbrown's item capacity for a table of `buckets` buckets: 7/8 of them, or all but
+/// one for tiny tables. A rehash with `items + 1 <= this / 2` happens in place.
+#[cfg(test)]
+fn full_capacity(buckets: usize) -> usize {
+    if buckets < 8 {
+        buckets - 1
+    } else {
+        buckets / 8 * 7
+    }
+}
+
+/// A shard borrowed mutably next to the others, so that the rare paths of a lookup can
+/// reach a NAT peer in any shard while the entry's own shard stays borrowed for the return.
+struct Split<'s> {
+    idx: usize,
+    own: &'s mut Table,
+    before: &'s mut [Table],
+    after: &'s mut [Table],
+}
+
+impl Split<'_> {
+    #[inline]
+    fn table(&mut self, i: usize) -> Option<&mut Table> {
+        match i.cmp(&self.idx) {
+            std::cmp::Ordering::Less => self.before.get_mut(i),
+            std::cmp::Ordering::Equal => Some(self.own),
+            std::cmp::Ordering::Greater => self.after.get_mut(i - self.idx - 1),
+        }
+    }
+}
+
+/// Removes `key`'s entry, if present.
+#[inline]
+fn take(
+    tables: &mut [Table],
+    nshards: u64,
+    hasher: &ahash::RandomState,
+    key: &FlowKey,
+) -> Option<Entry> {
+    let hash = hasher.hash_one(key);
+    let table = tables.get_mut(shard_of(hash, nshards))?;
+    match table.find_entry(hash, |(k, _)| k == key) {
+        Ok(occ) => Some(occ.remove().0.1),
+        Err(_) => None,
+    }
+}
+
+/// Returns `slot` to the free list (idempotent: a slot already free is left alone).
+#[inline]
+fn release(keys: &mut [Option<FlowKey>], free: &mut Vec<u32>, slot: u32) {
+    if let Some(k) = keys.get_mut(slot as usize)
+        && k.take().is_some()
+    {
+        // `free` was allocated with room for every slot, so this never allocates.
+        free.push(slot);
+    }
+}
+
+impl ConnTrack {
+    /// A table for at most `capacity` entries, with random ahash keys.
+    ///
+    /// # Errors
+    ///
+    /// [`ConntrackError`] if `capacity` is 0 or above [`MAX_CAPACITY`], or a timeout is
+    /// invalid at `rate`.
+    pub fn new(
+        capacity: usize,
+        timeouts: &Timeouts,
+        rate: TickRate,
+    ) -> Result<Self, ConntrackError> {
+        Self::with_hasher(capacity, timeouts, rate, ahash::RandomState::new())
+    }
+
+    /// As [`ConnTrack::new`], with the given ahash state (seeded, for reproducible tests).
+    ///
+    /// # Errors
+    ///
+    /// As [`ConnTrack::new`].
+    pub fn with_hasher(
+        capacity: usize,
+        timeouts: &Timeouts,
+        rate: TickRate,
+        hasher: ahash::RandomState,
+    ) -> Result<Self, ConntrackError> {
+        if capacity == 0 {
+            return Err(ConntrackError::ZeroCapacity);
+        }
+        let too_large = ConntrackError::CapacityTooLarge {
+            requested: capacity,
+            max: MAX_CAPACITY,
+        };
+        if capacity > MAX_CAPACITY {
+            return Err(too_large);
+        }
+        let slots = u32::try_from(capacity).map_err(|_| too_large)?;
+        let timeouts = TimeoutTicks::new(timeouts, rate)?;
+
+        // Up to SHARD_MEAN_MAX entries: one table, sized so that even the insert that finds
+        // it at `capacity` rehashes in place. Beyond: shards of SHARD_BUCKETS buckets, each
+        // expecting at most SHARD_MEAN_MAX entries and allowed as many as hashbrown can
+        // hold with every rehash in place (see "Memory and the rehash stall").
+        let (tables, shard_limit): (Vec<Table>, usize) = if capacity <= SHARD_MEAN_MAX {
+            (vec![Table::with_capacity(2 * (capacity + 1))], capacity)
+        } else {
+            let tables: Vec<Table> = (0..capacity.div_ceil(SHARD_MEAN_MAX))
+                .map(|_| Table::with_capacity(SHARD_BUCKETS / 8 * 7))
+                .collect();
+            // Read back from hashbrown rather than assumed: 3583 with its 7/8 load factor.
+            let limit = tables
+                .iter()
+                .map(|t| (t.capacity() / 2).saturating_sub(1))
+                .min()
+                .unwrap_or(0);
+            (tables, limit)
+        };
+        let nshards = u64::try_from(tables.len()).map_err(|_| too_large)?;
+        let buckets = tables.iter().map(Table::num_buckets).sum();
+        let mut free = Vec::with_capacity(capacity);
+        // Lowest slot first out.
+        free.extend((0..slots).rev());
+        Ok(Self {
+            tables: tables.into_boxed_slice(),
+            nshards,
+            shard_limit,
+            hasher,
+            keys: vec![None; capacity].into_boxed_slice(),
+            free,
+            cursor: (0, 0),
+            buckets,
+            len: 0,
+            capacity,
+            timeouts,
+            stats: Stats::default(),
+        })
+    }
+
+    /// Entries stored, live or not yet aged out.
+    #[inline]
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no entry is stored.
+    #[inline]
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The fixed capacity given at construction.
+    #[inline]
+    #[must_use]
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// `len / capacity`, in `[0, 1]`: the conntrack fill metric.
+    #[inline]
+    #[must_use]
+    pub fn fill(&self) -> f64 {
+        let len = u32::try_from(self.len).unwrap_or(u32::MAX);
+        let cap = u32::try_from(self.capacity).unwrap_or(u32::MAX);
+        f64::from(len) / f64::from(cap)
+    }
+
+    /// The counters.
+    #[inline]
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Hash-table buckets over all shards: what one pass of [`ConnTrack::evict_expired`]
+    /// walks.
+    #[inline]
+    #[must_use]
+    pub fn buckets(&self) -> usize {
+        self.buckets
+    }
+
+    /// Shards (hash tables) the entries are split over.
+    #[must_use]
+    pub fn shards(&self) -> usize {
+        self.tables.len()
+    }
+
+    /// Bytes allocated at construction (hash tables, pair slab, free list).
+    #[must_use]
+    pub fn allocated_bytes(&self) -> usize {
+        self.tables
+            .iter()
+            .map(Table::allocation_size)
+            .sum::<usize>()
+            + size_of_val::<[Table]>(&self.tables)
+            + size_of_val::<[Option<FlowKey>]>(&self.keys)
+            + self.free.capacity() * size_of::<u32>()
+    }
+
+    /// The live entry for `key`, refreshed: `last_seen = now` and its deadline pushed out by
+    /// its timeout. An expired entry found here is removed and reported as a miss (but see
+    /// the NAT pair rule in the module docs). For TCP, prefer [`ConnTrack::lookup_tcp`] so
+    /// FIN/RST shorten the flow's life.
+    #[inline]
+    pub fn lookup(&mut self, key: &FlowKey, now: Tick) -> Option<&mut Entry> {
+        self.lookup_inner(key, None, now)
+    }
+
+    /// [`ConnTrack::lookup`] for a TCP segment with `flags`: also advances the entry's
+    /// [`TcpState`]. The segment's direction is the entry's: reply on a reverse NAT entry,
+    /// original otherwise. The first FIN or RST moves the flow to the `tcp_closing` timeout,
+    /// and for a NAT pair shortens the other side too. `flags` are ignored if `key` is not
+    /// TCP.
+    #[inline]
+    pub fn lookup_tcp(&mut self, key: &FlowKey, flags: TcpFlags, now: Tick) -> Option<&mut Entry> {
+        self.lookup_inner(key, Some(flags), now)
+    }
+
+    #[inline]
+    fn lookup_inner(
+        &mut self,
+        key: &FlowKey,
+        flags: Option<TcpFlags>,
+        now: Tick,
+    ) -> Option<&mut Entry> {
+        let hash = self.hasher.hash_one(key);
+        let idx = shard_of(hash, self.nshards);
+        let flags = if key.proto() == IpProtocol::TCP {
+            flags
+        } else {
+            None
+        };
+        let Self {
+            tables,
+            nshards,
+            hasher,
+            keys,
+            free,
+            len,
+            timeouts,
+            stats,
+            ..
+        } = self;
+        let nshards = *nshards;
+        // Split the shards so the entry's own shard can be returned from while the rare
+        // paths below still reach the NAT peer's shard.
+        let (before, rest) = tables.split_at_mut(idx);
+        let Some((own, after)) = rest.split_first_mut() else {
+            stats.misses += 1;
+            return None;
+        };
+        let Ok(mut occ) = own.find_entry(hash, |(k, _)| k == key) else {
+            stats.misses += 1;
+            return None;
+        };
+        let entry = &mut occ.get_mut().1;
+        if entry.is_live(now) {
+            stats.hits += 1;
+            let newly_closing = refresh(entry, key.proto(), flags, now, timeouts);
+            if !(newly_closing && entry.has_peer()) {
+                // The hot path: one probe.
+                return Some(&mut occ.into_mut().1);
+            }
+            // First FIN/RST of a NAT pair: shorten the other side too (once per connection).
+            let (peer, tcp) = (entry.peer, entry.tcp);
+            let own = occ.into_table();
+            let mut split = Split {
+                idx,
+                own: &mut *own,
+                before,
+                after,
+            };
+            close_peer(&mut split, nshards, hasher, keys, peer, tcp, now, timeouts);
+            return own.find_mut(hash, |(k, _)| k == key).map(|(_, e)| e);
+        }
+
+        // Expired. A lone entry (or one whose pair slot is somehow gone) is removed.
+        let Some(peer_key) = keys.get(entry.peer as usize).copied().flatten() else {
+            let (_, e) = occ.remove().0;
+            release(keys, free, e.slot);
+            *len -= 1;
+            stats.expired += 1;
+            stats.misses += 1;
+            return None;
+        };
+        // A NAT pair lives while either side does.
+        let (slot, peer) = (entry.slot, entry.peer);
+        let own = occ.into_table();
+        let mut split = Split {
+            idx,
+            own: &mut *own,
+            before,
+            after,
+        };
+        let peer_hash = hasher.hash_one(peer_key);
+        let peer_live = split
+            .table(shard_of(peer_hash, nshards))
+            .and_then(|t| t.find(peer_hash, |(k, _)| *k == peer_key))
+            .is_some_and(|(_, p)| p.is_live(now));
+        if peer_live {
+            stats.hits += 1;
+            let (_, entry) = split.own.find_mut(hash, |(k, _)| k == key)?;
+            if refresh(entry, key.proto(), flags, now, timeouts) {
+                let tcp = entry.tcp;
+                close_peer(&mut split, nshards, hasher, keys, peer, tcp, now, timeouts);
+            }
+            return own.find_mut(hash, |(k, _)| k == key).map(|(_, e)| e);
+        }
+        let mut removed = 0;
+        for (k, h) in [(key, hash), (&peer_key, peer_hash)] {
+            if let Some(t) = split.table(shard_of(h, nshards))
+                && let Ok(occ) = t.find_entry(h, |(x, _)| x == k)
+            {
+                occ.remove();
+                removed += 1;
+            }
+        }
+        release(keys, free, slot);
+        release(keys, free, peer);
+        *len -= removed;
+        stats.expired += removed as u64;
+        stats.misses += 1;
+        None
+    }
+
+    /// The stored entry for `key` as is: no refresh, no expiry check, no counters. For
+    /// diagnostics and tests; the packet path uses [`ConnTrack::lookup`].
+    #[must_use]
+    pub fn peek(&self, key: &FlowKey) -> Option<&Entry> {
+        let hash = self.hasher.hash_one(key);
+        self.tables
+            .get(shard_of(hash, self.nshards))?
+            .find(hash, |(k, _)| k == key)
+            .map(|(_, e)| e)
+    }
+
+    /// The key of `entry`'s NAT peer: for a reverse entry, the forward key (client → VIP),
+    /// which is how a reply is un-NATed. `None` for an entry without a peer. Copy the entry
+    /// out of [`ConnTrack::lookup`] first (`let e = *ct.lookup(..)?;`): the lookup borrows
+    /// the table. One array read, no hash probe.
+    #[inline]
+    #[must_use]
+    pub fn peer_key(&self, entry: &Entry) -> Option<FlowKey> {
+        self.keys.get(entry.peer as usize).copied().flatten()
+    }
+
+    /// Whether `n` more entries fit in total and in each listed shard.
+    #[inline]
+    fn has_room(&self, shards: &[usize], n: usize) -> bool {
+        self.len + n <= self.capacity
+            && shards.iter().all(|&s| {
+                let extra = shards.iter().filter(|&&t| t == s).count();
+                self.tables
+                    .get(s)
+                    .is_some_and(|t| t.len() + extra <= self.shard_limit)
+            })
+    }
+
+    /// Inserts `entry` for `key`, created at `now`, with the TCP state of a first packet
+    /// with `flags` (ignored if `key` is not TCP). An entry already stored for `key` is
+    /// replaced; if it was one side of a NAT pair, the other side is removed.
+    ///
+    /// # Errors
+    ///
+    /// [`InsertError::Full`] if the table holds `capacity` entries after aging
+    /// [`INSERT_SWEEP_BUDGET`] buckets (or, far less likely, the key's shard is at its own
+    /// limit). Nothing was inserted; forward statelessly.
+    pub fn insert(
+        &mut self,
+        key: FlowKey,
+        entry: Entry,
+        flags: TcpFlags,
+        now: Tick,
+    ) -> Result<(), InsertError> {
+        let hash = self.hasher.hash_one(key);
+        let idx = shard_of(hash, self.nshards);
+        if !self.has_room(&[idx], 1) {
+            // Replacing a stored key frees its own room first.
+            let _ = self.remove(&key);
+            if !self.has_room(&[idx], 1) {
+                self.evict_expired(now, INSERT_SWEEP_BUDGET);
+                if !self.has_room(&[idx], 1) {
+                    self.stats.full += 1;
+                    return Err(InsertError::Full);
+                }
+            }
+        }
+        let entry = self.prepare(&key, entry, flags, now);
+        let hasher = &self.hasher;
+        let Some(table) = self.tables.get_mut(idx) else {
+            self.stats.full += 1;
+            return Err(InsertError::Full);
+        };
+        let replaced = match table.entry(hash, |(k, _)| *k == key, |(k, _)| hasher.hash_one(k)) {
+            TableEntry::Vacant(v) => {
+                v.insert((key, entry));
+                self.len += 1;
+                None
+            }
+            TableEntry::Occupied(mut o) => Some(std::mem::replace(&mut o.get_mut().1, entry)),
+        };
+        if let Some(old) = replaced {
+            self.stats.removed += 1;
+            if old.has_peer() {
+                self.unpair(&old);
+            }
+        }
+        self.stats.inserts += 1;
+        Ok(())
+    }
+
+    /// Inserts a NAT pair: `fwd` for `fwd_key` (client → VIP) and `rev` for `rev_key`
+    /// (backend → SNAT address), linked so that [`ConnTrack::peer_key`] on the reverse entry
+    /// gives `fwd_key`. The reverse entry is marked [`Entry::is_reverse`]. Both start in the
+    /// TCP state of a first packet with `flags`. Entries already stored under either key are
+    /// replaced, with their own peers.
+    ///
+    /// # Errors
+    ///
+    /// [`InsertError::Full`] if two entries do not fit after aging; [`InsertError::SameKey`]
+    /// if `fwd_key == rev_key`. Either way nothing was inserted. On `Full`, entries that were
+    /// stored under either key (and their peers) have already been removed; the pipeline
+    /// only pairs keys its lookups missed, so there are none.
+    pub fn insert_pair(
+        &mut self,
+        fwd_key: FlowKey,
+        fwd: Entry,
+        rev_key: FlowKey,
+        rev: Entry,
+        flags: TcpFlags,
+        now: Tick,
+    ) -> Result<(), InsertError> {
+        if fwd_key == rev_key {
+            return Err(InsertError::SameKey);
+        }
+        let _ = self.remove(&fwd_key);
+        let _ = self.remove(&rev_key);
+        let (fh, rh) = (self.hasher.hash_one(fwd_key), self.hasher.hash_one(rev_key));
+        let shards = [shard_of(fh, self.nshards), shard_of(rh, self.nshards)];
+        if !self.has_room(&shards, 2) {
+            self.evict_expired(now, INSERT_SWEEP_BUDGET);
+            if !self.has_room(&shards, 2) {
+                self.stats.full += 1;
+                return Err(InsertError::Full);
+            }
+        }
+        // Pair members are at most `len <= capacity - 2`, so two slots are free.
+        let (Some(fs), Some(rs)) = (self.free.pop(), self.free.pop()) else {
+            self.stats.full += 1;
+            return Err(InsertError::Full);
+        };
+        self.keys[fs as usize] = Some(fwd_key);
+        self.keys[rs as usize] = Some(rev_key);
+        let mut fwd = self.prepare(&fwd_key, fwd, flags, now);
+        let mut rev = self.prepare(&rev_key, rev, flags, now);
+        (fwd.slot, fwd.peer) = (fs, rs);
+        (rev.slot, rev.peer) = (rs, fs);
+        rev.flags |= Entry::REVERSE;
+        let hasher = &self.hasher;
+        for ((k, e), (h, s)) in [(fwd_key, fwd), (rev_key, rev)]
+            .into_iter()
+            .zip([fh, rh].into_iter().zip(shards))
+        {
+            if let Some(t) = self.tables.get_mut(s) {
+                t.insert_unique(h, (k, e), |(k, _)| hasher.hash_one(k));
+            }
+        }
+        self.len += 2;
+        self.stats.inserts += 2;
+        Ok(())
+    }
+
+    /// Removes `key`'s entry and, if it is one side of a NAT pair, the other side; returns
+    /// the entry.
+    pub fn remove(&mut self, key: &FlowKey) -> Option<Entry> {
+        let e = take(&mut self.tables, self.nshards, &self.hasher, key)?;
+        self.len -= 1;
+        self.stats.removed += 1;
+        if e.has_peer() {
+            self.unpair(&e);
+        }
+        Some(e)
+    }
+
+    /// Ages the table incrementally: visits up to `budget` hash buckets from where the last
+    /// call stopped (wrapping around) and removes the expired entries found. A NAT pair goes
+    /// only when both sides have expired. Returns the number of entries removed. O(`budget`);
+    /// `ceil(buckets() / budget)` calls cover the whole table. Call it once per burst or idle
+    /// loop with a small budget (tens to a few hundred).
+    pub fn evict_expired(&mut self, now: Tick, budget: usize) -> usize {
+        let mut removed = 0;
+        for _ in 0..budget.min(self.buckets) {
+            let (mut s, mut i) = self.cursor;
+            if self.tables.get(s).is_none_or(|t| i >= t.num_buckets()) {
+                (s, i) = (s + 1, 0);
+                if s >= self.tables.len() {
+                    s = 0;
+                }
+            }
+            self.cursor = (s, i + 1);
+            removed += self.sweep_bucket(s, i, now);
+        }
+        self.stats.evicted += removed as u64;
+        removed
+    }
+
+    /// Every stored entry, shard by shard in bucket order (diagnostics: dumps, tests).
+    pub fn iter(&self) -> impl Iterator<Item = (&FlowKey, &Entry)> {
+        self.tables
+            .iter()
+            .flat_map(|t| t.iter().map(|(k, e)| (k, e)))
+    }
+
+    /// Ages bucket `i` of shard `s`; returns how many entries went.
+    #[inline]
+    fn sweep_bucket(&mut self, s: usize, i: usize, now: Tick) -> usize {
+        let Some(table) = self.tables.get_mut(s) else {
+            return 0;
+        };
+        let Ok(occ) = table.get_bucket_entry(i) else {
+            return 0;
+        };
+        let (key, e) = *occ.get();
+        if e.is_live(now) {
+            return 0;
+        }
+        let Some(peer_key) = self.keys.get(e.peer as usize).copied().flatten() else {
+            occ.remove();
+            release(&mut self.keys, &mut self.free, e.slot);
+            self.len -= 1;
+            return 1;
+        };
+        if self.peek(&peer_key).is_some_and(|p| p.is_live(now)) {
+            return 0;
+        }
+        let mut removed = 0;
+        for k in [key, peer_key] {
+            if take(&mut self.tables, self.nshards, &self.hasher, &k).is_some() {
+                removed += 1;
+            }
+        }
+        release(&mut self.keys, &mut self.free, e.slot);
+        release(&mut self.keys, &mut self.free, e.peer);
+        self.len -= removed;
+        removed
+    }
+
+    /// Fills in times, TCP state and slots of an entry about to be inserted. Both sides of a
+    /// pair are created from the client's packet, so the flags are in the original direction.
+    #[inline]
+    fn prepare(&self, key: &FlowKey, mut e: Entry, flags: TcpFlags, now: Tick) -> Entry {
+        e.tcp = if key.proto() == IpProtocol::TCP {
+            TcpState::first(flags, false)
+        } else {
+            TcpState(0)
+        };
+        e.created = now;
+        e.last_seen = now;
+        e.expires = now.saturating_add(self.timeouts.for_state(key.proto(), e.tcp));
+        (e.slot, e.peer, e.flags) = (NO_SLOT, NO_SLOT, 0);
+        e
+    }
+
+    /// `e` (already out of the table, or overwritten) was one side of a pair: removes the
+    /// other side and frees both slots.
+    fn unpair(&mut self, e: &Entry) {
+        if let Some(peer_key) = self.peer_key(e)
+            && take(&mut self.tables, self.nshards, &self.hasher, &peer_key).is_some()
+        {
+            self.len -= 1;
+            self.stats.removed += 1;
+        }
+        release(&mut self.keys, &mut self.free, e.slot);
+        release(&mut self.keys, &mut self.free, e.peer);
+    }
+
+    /// Test support: `capacity` split over `nshards` tables that can each hold all of it, so
+    /// small property tests exercise NAT peers in other shards.
+    #[cfg(test)]
+    fn with_shards(capacity: usize, nshards: usize, hasher: ahash::RandomState) -> Self {
+        let mut c = Self::with_hasher(
+            capacity,
+            &Timeouts::default(),
+            TickRate::try_new(1).unwrap(),
+            hasher,
+        )
+        .unwrap();
+        c.tables = (0..nshards)
+            .map(|_| Table::with_capacity(2 * (capacity + 1)))
+            .collect();
+        c.nshards = u64::try_from(nshards).unwrap();
+        c.buckets = c.tables.iter().map(Table::num_buckets).sum();
+        c.shard_limit = capacity;
+        c
+    }
+
+    /// Test support: checks the structural invariants, panicking with a message.
+    #[cfg(test)]
+    fn check_invariants(&self) {
+        let total: usize = self.tables.iter().map(Table::len).sum();
+        assert_eq!(total, self.len, "len counter");
+        let buckets: usize = self.tables.iter().map(Table::num_buckets).sum();
+        assert_eq!(buckets, self.buckets, "bucket count changed");
+        assert!(self.len <= self.capacity, "len above capacity");
+        for (s, t) in self.tables.iter().enumerate() {
+            assert!(t.len() <= self.shard_limit, "shard above its limit");
+            assert!(
+                full_capacity(t.num_buckets()) / 2 > self.shard_limit,
+                "a rehash could allocate"
+            );
+            for (k, _) in t.iter() {
+                assert_eq!(shard_of(self.hasher.hash_one(k), self.nshards), s, "shard");
+            }
+        }
+        let used = self.keys.iter().filter(|k| k.is_some()).count();
+        assert_eq!(used + self.free.len(), self.capacity, "slab leak");
+        let mut paired = 0;
+        for (k, e) in self.iter() {
+            if e.has_peer() {
+                paired += 1;
+                assert_eq!(self.keys[e.slot as usize], Some(*k), "own slot");
+                let pk = self.keys[e.peer as usize].expect("peer slot");
+                let p = self.peek(&pk).expect("peer entry");
+                assert_eq!((p.peer, p.slot), (e.slot, e.peer), "peer link");
+                assert_ne!(p.is_reverse(), e.is_reverse(), "one reverse side");
+            } else {
+                assert_eq!(e.slot, NO_SLOT);
+            }
+        }
+        assert_eq!(paired, used, "slots held by non-entries");
+    }
+}
+
+/// Applies a hit at `now` (and TCP `flags`); returns whether the flow just began closing.
+#[inline]
+fn refresh(
+    e: &mut Entry,
+    proto: IpProtocol,
+    flags: Option<TcpFlags>,
+    now: Tick,
+    t: &TimeoutTicks,
+) -> bool {
+    let mut newly_closing = false;
+    if let Some(f) = flags {
+        let before = e.tcp;
+        e.tcp = before.observe(f, e.is_reverse());
+        newly_closing = !before.is_closing() && e.tcp.is_closing();
+    }
+    e.last_seen = now;
+    e.expires = now.saturating_add(t.for_state(proto, e.tcp));
+    newly_closing
+}
+
+/// Copies the closing bits of `tcp` to the pair member in slot `peer` and caps its deadline
+/// at `now + tcp_closing`.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the disjoint borrows of ConnTrack's fields that a lookup holds"
+)]
+fn close_peer(
+    split: &mut Split<'_>,
+    nshards: u64,
+    hasher: &ahash::RandomState,
+    keys: &[Option<FlowKey>],
+    peer: u32,
+    tcp: TcpState,
+    now: Tick,
+    t: &TimeoutTicks,
+) {
+    let Some(peer_key) = keys.get(peer as usize).copied().flatten() else {
+        return;
+    };
+    let hash = hasher.hash_one(peer_key);
+    if let Some((_, p)) = split
+        .table(shard_of(hash, nshards))
+        .and_then(|t| t.find_mut(hash, |(k, _)| *k == peer_key))
+    {
+        p.tcp = TcpState(p.tcp.0 | (tcp.0 & TcpState::CLOSING));
+        p.expires = p.expires.min(now.saturating_add(t.tcp_closing));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::net::Ipv4Addr;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// One tick per second, so ticks read as seconds.
+    fn rate() -> TickRate {
+        TickRate::try_new(1).unwrap()
+    }
+
+    fn ct(capacity: usize) -> ConnTrack {
+        ConnTrack::with_hasher(
+            capacity,
+            &Timeouts::default(),
+            rate(),
+            ahash::RandomState::with_seeds(1, 2, 3, 4),
+        )
+        .unwrap()
+    }
+
+    /// `capacity` over `nshards` shards (NAT peers often in another shard).
+    fn cts(capacity: usize, nshards: usize) -> ConnTrack {
+        ConnTrack::with_shards(
+            capacity,
+            nshards,
+            ahash::RandomState::with_seeds(1, 2, 3, 4),
+        )
+    }
+
+    fn key(proto: IpProtocol, port: u16) -> FlowKey {
+        FlowKey::v4(
+            Ipv4Addr::new(192, 0, 2, 1),
+            Ipv4Addr::new(198, 51, 100, 10),
+            port,
+            443,
+            proto,
+        )
+    }
+
+    fn tcp(port: u16) -> FlowKey {
+        key(IpProtocol::TCP, port)
+    }
+
+    fn udp(port: u16) -> FlowKey {
+        key(IpProtocol::UDP, port)
+    }
+
+    const NONE: TcpFlags = TcpFlags(0);
+    const SYN: TcpFlags = TcpFlags(TcpFlags::SYN);
+    const ACK: TcpFlags = TcpFlags(TcpFlags::ACK);
+    const FIN_ACK: TcpFlags = TcpFlags(TcpFlags::FIN | TcpFlags::ACK);
+    const RST: TcpFlags = TcpFlags(TcpFlags::RST);
+
+    #[test]
+    fn tick_rate_conversions() {
+        assert_eq!(
+            TickRate::NANOS.ticks(Duration::from_secs(2)),
+            Some(2_000_000_000)
+        );
+        assert_eq!(
+            TickRate::MILLIS.ticks(Duration::from_micros(1)),
+            Some(1),
+            "rounds up"
+        );
+        assert_eq!(TickRate::MILLIS.ticks(Duration::ZERO), Some(0));
+        assert_eq!(TickRate::NANOS.ticks(Duration::MAX), None);
+        let tsc = TickRate::try_new(2_450_000_000).unwrap();
+        assert_eq!(tsc.ticks(Duration::from_secs(900)), Some(2_205_000_000_000));
+        assert_eq!(tsc.duration(2_205_000_000_000), Duration::from_secs(900));
+        assert_eq!(
+            TickRate::MILLIS.duration(1_500),
+            Duration::from_millis(1_500)
+        );
+        assert_eq!(TickRate::try_new(0), Err(ConntrackError::ZeroTickRate));
+        assert_eq!(Tick(5).saturating_since(Tick(7)), 0);
+        assert_eq!(Tick(u64::MAX - 1).saturating_add(5), Tick(u64::MAX));
+    }
+
+    #[test]
+    fn timeouts_are_validated() {
+        let d = Timeouts::default();
+        assert_eq!(d.tcp_established, Duration::from_secs(900));
+        assert_eq!(d.tcp_syn, Duration::from_secs(30));
+        assert_eq!(d.tcp_closing, Duration::from_secs(10));
+        assert_eq!(d.udp, Duration::from_secs(60));
+        assert_eq!(d.other, Duration::from_secs(30));
+        assert_eq!(d.validate(TickRate::NANOS), Ok(()));
+        let zero = Timeouts {
+            udp: Duration::ZERO,
+            ..d
+        };
+        assert_eq!(
+            zero.validate(rate()),
+            Err(ConntrackError::ZeroTimeout("udp"))
+        );
+        let huge = Timeouts {
+            tcp_syn: Duration::from_secs(u64::MAX / 1_000),
+            ..d
+        };
+        assert_eq!(
+            huge.validate(TickRate::NANOS),
+            Err(ConntrackError::TimeoutOverflow("tcp_syn"))
+        );
+        assert_eq!(
+            ConnTrack::new(4, &zero, rate()).unwrap_err(),
+            ConntrackError::ZeroTimeout("udp")
+        );
+    }
+
+    #[test]
+    fn capacity_is_validated() {
+        let t = Timeouts::default();
+        assert_eq!(
+            ConnTrack::new(0, &t, rate()).unwrap_err(),
+            ConntrackError::ZeroCapacity
+        );
+        assert!(matches!(
+            ConnTrack::new(MAX_CAPACITY + 1, &t, rate()),
+            Err(ConntrackError::CapacityTooLarge { .. })
+        ));
+        let c = ct(100_000);
+        assert_eq!(c.capacity(), 100_000);
+        c.check_invariants();
+    }
+
+    /// Up to 2864 entries is one table; beyond, shards of `SHARD_BUCKETS` that each expect at
+    /// most 2864 and may hold 3583 (see "Memory and the rehash stall").
+    #[test]
+    fn shard_layout() {
+        for (cap, shards, buckets) in [
+            (1, 1, 8),
+            (1_000, 1, 4_096),
+            (2_864, 1, 8_192),
+            (2_865, 2, 16_384),
+            (100_000, 35, 286_720),
+            (1_000_000, 350, 2_867_200),
+        ] {
+            let c = ct(cap);
+            assert_eq!(
+                (c.shards(), c.buckets()),
+                (shards, buckets),
+                "capacity {cap}"
+            );
+            let limit = if shards == 1 { cap } else { 3_583 };
+            assert_eq!(c.shard_limit, limit, "capacity {cap}");
+            c.check_invariants();
+        }
+        // 1M entries: 255 MB of hash tables + 42 MB of pair slab and free list.
+        let bytes = ct(1_000_000).allocated_bytes();
+        assert!((295_000_000..300_000_000).contains(&bytes), "{bytes}");
+    }
+
+    /// Random churn leaves hashbrown tombstones, which end in an in-place rehash of the
+    /// shard: it happens, and it never reallocates.
+    #[test]
+    fn churn_rehashes_in_place_without_growing() {
+        let cap = 2_864;
+        let mut c = ct(cap);
+        let bytes = c.allocated_bytes();
+        let mut rng = 0x1234_5678_u64;
+        let mut live: Vec<FlowKey> = Vec::with_capacity(cap);
+        let mut rehashes = 0;
+        for i in 0..400_000u64 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let [a, b, cc, d, e, f, ..] = rng.to_le_bytes();
+            let k = FlowKey::v4(
+                Ipv4Addr::new(a, b, cc, d),
+                Ipv4Addr::new(198, 51, 100, 10),
+                u16::from_le_bytes([e, f]),
+                443,
+                IpProtocol::UDP,
+            );
+            if live.len() == cap {
+                let j = usize::try_from(rng >> 40).unwrap() % cap;
+                c.remove(&live.swap_remove(j));
+            }
+            let before = c.tables[0].capacity();
+            if c.insert(k, Entry::new(1, 1), NONE, Tick(i)).is_ok() {
+                live.push(k);
+            }
+            // items + growth_left jumps by more than one only when tombstones were reclaimed.
+            if c.tables[0].capacity() > before + 1 {
+                rehashes += 1;
+            }
+        }
+        assert!(rehashes > 0, "no rehash seen");
+        assert_eq!(c.allocated_bytes(), bytes);
+        assert_eq!(c.buckets(), 8_192);
+        c.check_invariants();
+    }
+
+    #[test]
+    fn hit_miss_and_refresh() {
+        let mut c = ct(8);
+        assert!(c.lookup(&udp(1), Tick(0)).is_none());
+        c.insert(
+            udp(1),
+            Entry::new(7, 3).with_nat_port(40_001),
+            NONE,
+            Tick(100),
+        )
+        .unwrap();
+        let e = *c.lookup(&udp(1), Tick(130)).unwrap();
+        assert_eq!(
+            (e.backend_id(), e.service_id(), e.nat_port()),
+            (7, 3, 40_001)
+        );
+        assert_eq!(
+            (e.created(), e.last_seen(), e.expires()),
+            (Tick(100), Tick(130), Tick(190))
+        );
+        assert!(!e.has_peer() && !e.is_reverse());
+        c.lookup(&udp(1), Tick(189)).unwrap().set_backend_id(9);
+        assert_eq!(c.peek(&udp(1)).unwrap().backend_id(), 9);
+        assert!(c.lookup(&udp(2), Tick(189)).is_none());
+        let s = c.stats();
+        assert_eq!((s.hits, s.misses, s.inserts), (2, 2, 1));
+        assert_eq!(c.len(), 1);
+        assert!((c.fill() - 0.125).abs() < 1e-12);
+    }
+
+    /// Each protocol/state expires exactly at `last packet + timeout`: live one tick before,
+    /// gone at the deadline, and the lookup that finds it expired removes it.
+    #[test]
+    fn expiry_per_protocol_and_state() {
+        let cases = [
+            (udp(1), NONE, 60),
+            (key(IpProtocol::ICMP, 0), NONE, 30),
+            (key(IpProtocol(47), 0), NONE, 30),
+            (tcp(1), SYN, 30),
+            (tcp(2), ACK, 900),
+            (tcp(3), FIN_ACK, 10),
+            (tcp(4), RST, 10),
+        ];
+        for (k, flags, timeout) in cases {
+            let mut c = ct(4);
+            c.insert(k, Entry::new(1, 1), flags, Tick(1_000)).unwrap();
+            assert_eq!(
+                c.peek(&k).unwrap().expires(),
+                Tick(1_000 + timeout),
+                "{k:?}"
+            );
+            // A hit one tick before the deadline refreshes the entry...
+            let t1 = 1_000 + timeout - 1;
+            assert!(c.lookup(&k, Tick(t1)).is_some(), "{k:?}");
+            // ... and it expires one full timeout after that hit.
+            assert!(c.lookup(&k, Tick(t1 + timeout)).is_none(), "{k:?}");
+            assert!(c.is_empty(), "{k:?}");
+            assert_eq!(c.stats().expired, 1);
+            c.check_invariants();
+        }
+    }
+
+    #[test]
+    fn tcp_handshake_then_fin_or_rst_shortens() {
+        let mut c = ct(4);
+        c.insert(tcp(1), Entry::new(1, 1), SYN, Tick(0)).unwrap();
+        let s = c.peek(&tcp(1)).unwrap().tcp_state();
+        assert!(s.syn_seen() && !s.is_established());
+        // SYN retransmit: still SYN-only.
+        let e = c.lookup_tcp(&tcp(1), SYN, Tick(3)).unwrap();
+        assert_eq!(e.expires(), Tick(33));
+        // Handshake ACK: established.
+        let e = c.lookup_tcp(&tcp(1), ACK, Tick(4)).unwrap();
+        assert!(e.tcp_state().is_established());
+        assert_eq!(e.expires(), Tick(904));
+        // Plain lookup (no flags) keeps the state.
+        assert_eq!(c.lookup(&tcp(1), Tick(5)).unwrap().expires(), Tick(905));
+        // FIN from the client: closing, 10 s from each later packet.
+        let e = c.lookup_tcp(&tcp(1), FIN_ACK, Tick(6)).unwrap();
+        assert!(e.tcp_state().fin_orig() && e.tcp_state().is_closing());
+        assert!(!e.tcp_state().fin_reply());
+        assert_eq!(e.expires(), Tick(16));
+        assert_eq!(
+            c.lookup_tcp(&tcp(1), ACK, Tick(8)).unwrap().expires(),
+            Tick(18)
+        );
+        assert!(c.lookup_tcp(&tcp(1), ACK, Tick(18)).is_none());
+
+        // RST on an established flow.
+        c.insert(tcp(2), Entry::new(1, 1), ACK, Tick(100)).unwrap();
+        let e = c.lookup_tcp(&tcp(2), RST, Tick(101)).unwrap();
+        assert!(e.tcp_state().rst());
+        assert_eq!(e.expires(), Tick(111));
+        // Flags on a non-TCP key are ignored.
+        c.insert(udp(3), Entry::new(1, 1), RST, Tick(100)).unwrap();
+        let e = c.lookup_tcp(&udp(3), RST, Tick(101)).unwrap();
+        assert_eq!(e.tcp_state(), TcpState::default());
+        assert_eq!(e.expires(), Tick(161));
+        assert_eq!(
+            format!("{:?}", c.peek(&tcp(2)).unwrap().tcp_state()),
+            "{ESTABLISHED, RST}"
+        );
+    }
+
+    #[test]
+    fn full_table_refuses_and_does_not_panic() {
+        let mut c = ct(4);
+        for p in 0..4 {
+            c.insert(udp(p), Entry::new(1, 1), NONE, Tick(0)).unwrap();
+        }
+        assert_eq!(
+            c.insert(udp(9), Entry::new(1, 1), NONE, Tick(10)),
+            Err(InsertError::Full)
+        );
+        assert_eq!(
+            c.insert_pair(
+                udp(9),
+                Entry::new(1, 1),
+                udp(10),
+                Entry::new(1, 1),
+                NONE,
+                Tick(10)
+            ),
+            Err(InsertError::Full)
+        );
+        assert_eq!(c.stats().full, 2);
+        assert_eq!(c.len(), 4);
+        assert!(c.peek(&udp(9)).is_none());
+        // Replacing a stored key needs no room.
+        c.insert(udp(0), Entry::new(2, 1), NONE, Tick(10)).unwrap();
+        assert_eq!(c.peek(&udp(0)).unwrap().backend_id(), 2);
+        assert_eq!(c.len(), 4);
+        // Once entries expire, an insert ages them out itself.
+        c.insert(udp(9), Entry::new(1, 1), NONE, Tick(65)).unwrap();
+        assert!(c.stats().evicted >= 1);
+        assert!(c.peek(&udp(9)).is_some());
+        c.check_invariants();
+        // Hammering a full table of live entries stays bounded and panic-free.
+        let mut c = ct(64);
+        for p in 0..10_000 {
+            let _ = c.insert(udp(p), Entry::new(1, 1), NONE, Tick(0));
+        }
+        assert_eq!(c.len(), 64);
+        assert_eq!(c.stats().full, 10_000 - 64);
+        c.check_invariants();
+    }
+
+    #[test]
+    fn eviction_cursor_covers_the_whole_table() {
+        let mut c = ct(1_000);
+        for p in 0..1_000 {
+            let k = if p % 2 == 0 { udp(p) } else { tcp(p) };
+            c.insert(k, Entry::new(1, 1), ACK, Tick(0)).unwrap();
+        }
+        // Before the deadline nothing goes, however long the sweep runs.
+        assert_eq!(c.evict_expired(Tick(59), c.buckets() * 3), 0);
+        assert_eq!(c.len(), 1_000);
+        // After the UDP deadline exactly the UDP half goes, in one pass.
+        let budget = 7;
+        let calls = c.buckets().div_ceil(budget);
+        let mut removed = 0;
+        for _ in 0..calls {
+            let n = c.evict_expired(Tick(60), budget);
+            assert!(n <= budget);
+            removed += n;
+        }
+        assert_eq!(removed, 500);
+        assert_eq!(c.len(), 500);
+        assert!(c.iter().all(|(k, _)| k.proto() == IpProtocol::TCP));
+        // The cursor resumes where it stopped: one more pass at the TCP deadline empties it.
+        for _ in 0..calls {
+            c.evict_expired(Tick(900), budget);
+        }
+        assert!(c.is_empty());
+        assert_eq!(c.stats().evicted, 1_000);
+        c.check_invariants();
+        // A zero budget does nothing.
+        assert_eq!(c.evict_expired(Tick(10_000), 0), 0);
+    }
+
+    fn pair(c: &mut ConnTrack, client_port: u16, snat_port: u16, now: u64) -> (FlowKey, FlowKey) {
+        let fwd = udp(client_port);
+        let rev = FlowKey::v4(
+            Ipv4Addr::new(10, 1, 0, 5),
+            Ipv4Addr::new(10, 0, 0, 1),
+            8080,
+            snat_port,
+            IpProtocol::UDP,
+        );
+        c.insert_pair(
+            fwd,
+            Entry::new(5, 2).with_nat_port(snat_port),
+            rev,
+            Entry::new(5, 2),
+            NONE,
+            Tick(now),
+        )
+        .unwrap();
+        (fwd, rev)
+    }
+
+    #[test]
+    fn nat_pair_links_and_removes_together() {
+        let mut c = cts(8, 4);
+        let (fwd, rev) = pair(&mut c, 1, 40_000, 0);
+        assert_eq!(c.len(), 2);
+        let r = *c.lookup(&rev, Tick(1)).unwrap();
+        assert!(r.is_reverse() && r.has_peer());
+        assert_eq!(c.peer_key(&r), Some(fwd));
+        let f = *c.lookup(&fwd, Tick(1)).unwrap();
+        assert!(!f.is_reverse());
+        assert_eq!(f.nat_port(), 40_000);
+        assert_eq!(c.peer_key(&f), Some(rev));
+        assert_eq!(c.peer_key(&Entry::new(0, 0)), None);
+        c.check_invariants();
+        // Removing one side removes both.
+        assert!(c.remove(&rev).is_some());
+        assert!(c.is_empty());
+        assert_eq!(c.stats().removed, 2);
+        c.check_invariants();
+        // Replacing one side with a plain entry drops the other side.
+        let (fwd, rev) = pair(&mut c, 1, 40_000, 0);
+        c.insert(fwd, Entry::new(6, 2), NONE, Tick(2)).unwrap();
+        assert!(c.peek(&rev).is_none());
+        assert!(!c.peek(&fwd).unwrap().has_peer());
+        c.check_invariants();
+        // Re-pairing over existing keys replaces them.
+        let (fwd, _) = pair(&mut c, 1, 40_000, 3);
+        let (_, rev2) = pair(&mut c, 1, 40_001, 3);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.peer_key(c.peek(&rev2).unwrap()), Some(fwd));
+        c.check_invariants();
+        assert_eq!(
+            c.insert_pair(fwd, Entry::new(1, 1), fwd, Entry::new(1, 1), NONE, Tick(4)),
+            Err(InsertError::SameKey)
+        );
+        assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn nat_pair_lives_while_either_side_does() {
+        let mut c = cts(8, 4);
+        let (fwd, rev) = pair(&mut c, 1, 40_000, 0);
+        // A one-way stream: only the forward side sees packets.
+        for t in (10..200).step_by(10) {
+            assert!(c.lookup(&fwd, Tick(t)).is_some());
+            c.evict_expired(Tick(t), c.buckets());
+        }
+        assert_eq!(c.len(), 2, "the reverse side is past its deadline but kept");
+        // A late reply still finds its way back, and is refreshed.
+        let r = *c.lookup(&rev, Tick(200)).unwrap();
+        assert_eq!(r.expires(), Tick(260));
+        // Both idle: the pair goes as one.
+        assert_eq!(c.evict_expired(Tick(260), c.buckets()), 2);
+        assert!(c.is_empty());
+        c.check_invariants();
+        // Lookup of an expired pair removes both sides.
+        let (fwd, _) = pair(&mut c, 1, 40_000, 1_000);
+        assert!(c.lookup(&fwd, Tick(1_060)).is_none());
+        assert!(c.is_empty());
+        assert_eq!(c.stats().expired, 2);
+        c.check_invariants();
+    }
+
+    #[test]
+    fn nat_pair_fin_and_rst_shorten_both_sides() {
+        let mut c = cts(8, 4);
+        let fwd = tcp(1);
+        let rev = FlowKey::v4(
+            Ipv4Addr::new(10, 1, 0, 5),
+            Ipv4Addr::new(10, 0, 0, 1),
+            8080,
+            40_000,
+            IpProtocol::TCP,
+        );
+        c.insert_pair(fwd, Entry::new(5, 2), rev, Entry::new(5, 2), SYN, Tick(0))
+            .unwrap();
+        assert_eq!(c.peek(&rev).unwrap().expires(), Tick(30));
+        c.lookup_tcp(&rev, TcpFlags(TcpFlags::SYN | TcpFlags::ACK), Tick(1))
+            .unwrap();
+        c.lookup_tcp(&fwd, ACK, Tick(2)).unwrap();
+        c.lookup_tcp(&rev, ACK, Tick(3)).unwrap();
+        assert_eq!(c.peek(&fwd).unwrap().expires(), Tick(902));
+        // The server closes: the reply side gets FIN_REPLY and both sides now close in 10 s.
+        let r = *c.lookup_tcp(&rev, FIN_ACK, Tick(5)).unwrap();
+        assert!(r.tcp_state().fin_reply() && !r.tcp_state().fin_orig());
+        assert_eq!(r.expires(), Tick(15));
+        let f = *c.peek(&fwd).unwrap();
+        assert!(f.tcp_state().fin_reply());
+        assert_eq!(f.expires(), Tick(15));
+        assert_eq!(c.evict_expired(Tick(15), c.buckets()), 2);
+        c.check_invariants();
+    }
+
+    #[test]
+    fn entry_and_key_sizes() {
+        assert_eq!(size_of::<Entry>(), 48);
+        assert_eq!(size_of::<(FlowKey, Entry)>(), 88);
+        assert_eq!(size_of::<InsertError>(), 1);
+    }
+
+    // === property tests ===
+
+    #[derive(Clone, Copy, Debug)]
+    struct M {
+        backend: u32,
+        expires: u64,
+        peer: Option<FlowKey>,
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Insert(u16, u32),
+        InsertPair(u16, u16, u32),
+        Lookup(u16),
+        Remove(u16),
+        Evict(usize),
+        Advance(u64),
+    }
+
+    /// A small key universe so operations collide: UDP (60 s) and ICMP-like "other" (30 s).
+    fn k(i: u16) -> FlowKey {
+        if i.is_multiple_of(3) {
+            key(IpProtocol::ICMP, i)
+        } else {
+            udp(i)
+        }
+    }
+
+    fn timeout_of(key: &FlowKey) -> u64 {
+        if key.proto() == IpProtocol::UDP {
+            60
+        } else {
+            30
+        }
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u16..24, any::<u32>()).prop_map(|(k, b)| Op::Insert(k, b)),
+            2 => (0u16..24, 0u16..24, any::<u32>()).prop_map(|(a, b, x)| Op::InsertPair(a, b, x)),
+            6 => (0u16..24).prop_map(Op::Lookup),
+            1 => (0u16..24).prop_map(Op::Remove),
+            2 => (0usize..40).prop_map(Op::Evict),
+            3 => (0u64..50).prop_map(Op::Advance),
+        ]
+    }
+
+    fn model_remove(m: &mut HashMap<FlowKey, M>, key: &FlowKey) {
+        if let Some(e) = m.remove(key)
+            && let Some(p) = e.peer
+        {
+            m.remove(&p);
+        }
+    }
+
+    fn dead(m: &HashMap<FlowKey, M>, e: &M, now: u64) -> bool {
+        e.expires <= now && e.peer.is_none_or(|p| m[&p].expires <= now)
+    }
+
+    /// Entries the table dropped on its own (aging inside `evict_expired` or a full insert):
+    /// each must have been dead in the model; the model then forgets them.
+    fn sync_swept(c: &ConnTrack, m: &mut HashMap<FlowKey, M>, now: u64) -> usize {
+        let gone: Vec<FlowKey> = m.keys().filter(|k| c.peek(k).is_none()).copied().collect();
+        for g in &gone {
+            assert!(dead(m, &m[g], now), "swept a live entry {g:?}");
+        }
+        for g in &gone {
+            m.remove(g);
+        }
+        gone.len()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Random operation sequences against a `HashMap` model: capacity is never exceeded,
+        /// no lookup returns an expired entry, `len` and contents match the model, and the
+        /// internal invariants (slab, pair links, table never shrinks or grows) hold.
+        #[test]
+        fn matches_model(
+            cap in 1usize..12,
+            nshards in 1usize..4,
+            ops in prop::collection::vec(op(), 1..200),
+        ) {
+            let mut c = cts(cap, nshards);
+            let mut m: HashMap<FlowKey, M> = HashMap::new();
+            let mut now = 0u64;
+            for op in ops {
+                match op {
+                    Op::Insert(i, b) => {
+                        let key = k(i);
+                        model_remove(&mut m, &key);
+                        let r = c.insert(key, Entry::new(b, 0), NONE, Tick(now));
+                        sync_swept(&c, &mut m, now);
+                        prop_assert_eq!(r.is_ok(), m.len() < cap);
+                        if r.is_ok() {
+                            m.insert(key, M { backend: b, expires: now + timeout_of(&key), peer: None });
+                        }
+                    }
+                    Op::InsertPair(a, b, x) => {
+                        let (fk, rk) = (k(a), k(b));
+                        let r = c.insert_pair(fk, Entry::new(x, 0), rk, Entry::new(x, 1), NONE, Tick(now));
+                        if fk == rk {
+                            prop_assert_eq!(r, Err(InsertError::SameKey));
+                        } else {
+                            model_remove(&mut m, &fk);
+                            model_remove(&mut m, &rk);
+                            sync_swept(&c, &mut m, now);
+                            prop_assert_eq!(r.is_ok(), m.len() + 2 <= cap);
+                            if r.is_ok() {
+                                m.insert(fk, M { backend: x, expires: now + timeout_of(&fk), peer: Some(rk) });
+                                m.insert(rk, M { backend: x, expires: now + timeout_of(&rk), peer: Some(fk) });
+                            }
+                        }
+                    }
+                    Op::Lookup(i) => {
+                        let key = k(i);
+                        let expect = m.get(&key).copied();
+                        let got = c.lookup(&key, Tick(now)).copied();
+                        match expect {
+                            None => prop_assert!(got.is_none()),
+                            Some(e) if !dead(&m, &e, now) => {
+                                let got = got.expect("live entry missed");
+                                prop_assert_eq!(got.backend_id(), e.backend);
+                                prop_assert!(got.expires().get() > now);
+                                m.get_mut(&key).unwrap().expires = now + timeout_of(&key);
+                            }
+                            Some(_) => {
+                                prop_assert!(got.is_none(), "expired entry returned");
+                                model_remove(&mut m, &key);
+                            }
+                        }
+                    }
+                    Op::Remove(i) => {
+                        let key = k(i);
+                        prop_assert_eq!(c.remove(&key).is_some(), m.contains_key(&key));
+                        model_remove(&mut m, &key);
+                    }
+                    Op::Evict(budget) => {
+                        let n = c.evict_expired(Tick(now), budget);
+                        prop_assert_eq!(n, sync_swept(&c, &mut m, now));
+                    }
+                    Op::Advance(dt) => now += dt,
+                }
+                prop_assert!(c.len() <= cap);
+                prop_assert_eq!(c.len(), m.len());
+                for (key, e) in c.iter() {
+                    let me = m.get(key).expect("entry unknown to the model");
+                    prop_assert_eq!(e.backend_id(), me.backend);
+                    prop_assert_eq!(e.expires().get(), me.expires);
+                    prop_assert_eq!(c.peer_key(e), me.peer);
+                }
+                c.check_invariants();
+            }
+        }
+
+        /// TCP with random flags, checked against what the table held before each call: a
+        /// lookup answers only for an entry that was live (or whose NAT peer was), a closing
+        /// flow never outlives `tcp_closing`, and the invariants hold.
+        #[test]
+        fn tcp_lookups_never_return_expired(
+            ops in prop::collection::vec((0u8..5, 0u16..12, any::<u8>(), 0u64..40), 1..300),
+        ) {
+            let mut c = cts(8, 3);
+            let mut now = 0u64;
+            for (kind, i, flags, dt) in ops {
+                let key = tcp(i);
+                let flags = TcpFlags(flags);
+                match kind {
+                    0 => {
+                        let _ = c.insert(key, Entry::new(1, 1), flags, Tick(now));
+                    }
+                    1 => {
+                        let _ = c.insert_pair(key, Entry::new(1, 1), tcp(i + 100), Entry::new(1, 1), flags, Tick(now));
+                    }
+                    2 => {
+                        c.evict_expired(Tick(now), usize::from(i));
+                    }
+                    3 => now += dt,
+                    _ => {
+                        let before = c.peek(&key).copied();
+                        let peer_live = before
+                            .and_then(|e| c.peer_key(&e))
+                            .and_then(|p| c.peek(&p))
+                            .is_some_and(|p| p.expires().get() > now);
+                        let got = c.lookup_tcp(&key, flags, Tick(now)).copied();
+                        let was_live = before.is_some_and(|e| e.expires().get() > now);
+                        prop_assert_eq!(got.is_some(), was_live || peer_live);
+                        if let Some(e) = got {
+                            prop_assert!(e.expires().get() > now);
+                            if e.tcp_state().is_closing() {
+                                prop_assert!(e.expires().get() <= now + 10);
+                                if let Some(p) = c.peer_key(&e) {
+                                    let p = c.peek(&p).unwrap();
+                                    prop_assert!(p.tcp_state().is_closing());
+                                    prop_assert!(p.expires().get() <= now + 10);
+                                }
+                            }
+                        } else {
+                            prop_assert!(c.peek(&key).is_none(), "a miss leaves nothing behind");
+                        }
+                    }
+                }
+                prop_assert!(c.len() <= 8);
+                c.check_invariants();
+            }
+        }
+    }
+}

@@ -1,0 +1,651 @@
+//! Flow identity: the [`FlowKey`] 5-tuple every table is keyed by, and [`flow_hash`], the
+//! stateless hash that picks a Maglev entry (`table[flow_hash % M]`).
+//!
+//! # Contract
+//!
+//! - **One key type for both families.** Addresses are stored as 16 bytes; an IPv4 address is
+//!   stored v4-mapped (`::ffff:a.b.c.d`, RFC 4291 §2.5.5.2) and the key carries its
+//!   [`Family`], so an IPv4 flow and the IPv6 flow to the mapped address are different keys
+//!   with different hashes.
+//! - **`flow_hash` is a cross-node contract.** Every LB node must send a given flow to the same
+//!   backend without sharing state, so the hash is a pure function of the key and the seed and
+//!   gives the same value on every machine, CPU and build: xxh3-64 (as specified by the
+//!   xxHash project, `xxhash_rust::xxh3::xxh3_64_with_seed`) over the fixed 38-byte
+//!   serialization below, with the Maglev seed every node shares (configuration, never
+//!   random). Changing the function, the seed or a single byte of the layout moves nearly
+//!   every stateless flow on the nodes that run the new build — treat it like an ABI.
+//!   `flow::tests::golden_*` freeze reference values so such a change cannot happen by
+//!   accident. Process-local tables (conntrack) use ahash instead; that hash is never shared.
+//!
+//! ```text
+//!  offset  len  field
+//!       0    1  family: 4 or 6
+//!       1    1  IP protocol number
+//!       2   16  source address (IPv4: v4-mapped ::ffff:a.b.c.d)
+//!      18   16  destination address (same)
+//!      34    2  source port, big-endian (0 when the protocol has none, and for fragments)
+//!      36    2  destination port, big-endian (same)
+//! ```
+//!
+//! - **Fragments hash on the 3-tuple.** Any IP fragment — the first (offset 0, MF set) as
+//!   well as later ones — must use [`flow_hash_3tuple`] / [`FlowKey::three_tuple`], which is
+//!   the same serialization with both ports zero. Only the first fragment carries the L4
+//!   header, so hashing it on the 5-tuple would send it to a different backend from the rest
+//!   of its datagram, which could then never be reassembled.
+//!
+//! Both functions allocate nothing and do not branch. [`flow_hash`] computes xxh3 straight
+//! from the key's fields; a test holds it equal to the library on the serialized bytes.
+//! `bench/benches/conntrack.rs` measures it.
+
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::wire::IpProtocol;
+
+/// Length of the serialization [`flow_hash`] hashes (see the module docs).
+pub const FLOW_HASH_INPUT_LEN: usize = 38;
+
+/// Address family of a [`FlowKey`]. The discriminant is the byte [`flow_hash`] serializes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+#[repr(u8)]
+pub enum Family {
+    /// IPv4; addresses are stored v4-mapped.
+    V4 = 4,
+    /// IPv6.
+    V6 = 6,
+}
+
+/// A flow's 5-tuple: `(family, protocol, src, dst, src port, dst port)`.
+///
+/// 38 bytes, `Copy`, alignment 2; `Option<FlowKey>` is the same size (the [`Family`] byte
+/// gives the niche). Ports are host-order numbers; they are 0 for protocols without ports and
+/// in 3-tuple keys (fragments).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FlowKey {
+    family: Family,
+    proto: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+    src_port: u16,
+    dst_port: u16,
+}
+
+const _: () = assert!(size_of::<FlowKey>() == 38);
+const _: () = assert!(size_of::<Option<FlowKey>>() == 38);
+
+// === impl FlowKey ===
+
+impl FlowKey {
+    /// An IPv4 5-tuple.
+    #[inline]
+    #[must_use]
+    pub const fn v4(
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        src_port: u16,
+        dst_port: u16,
+        proto: IpProtocol,
+    ) -> Self {
+        Self {
+            family: Family::V4,
+            proto: proto.0,
+            src: src.to_ipv6_mapped().octets(),
+            dst: dst.to_ipv6_mapped().octets(),
+            src_port,
+            dst_port,
+        }
+    }
+
+    /// An IPv6 5-tuple.
+    #[inline]
+    #[must_use]
+    pub const fn v6(
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        src_port: u16,
+        dst_port: u16,
+        proto: IpProtocol,
+    ) -> Self {
+        Self {
+            family: Family::V6,
+            proto: proto.0,
+            src: src.octets(),
+            dst: dst.octets(),
+            src_port,
+            dst_port,
+        }
+    }
+
+    /// A 5-tuple from addresses of either family. Two IPv4 addresses give an IPv4 key; if
+    /// either address is IPv6 the key is IPv6 and an IPv4 address in it is mapped
+    /// (`::ffff:a.b.c.d`). Parsed packets always have one family.
+    #[inline]
+    #[must_use]
+    pub const fn new(
+        src: IpAddr,
+        dst: IpAddr,
+        src_port: u16,
+        dst_port: u16,
+        proto: IpProtocol,
+    ) -> Self {
+        match (src, dst) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => Self::v4(s, d, src_port, dst_port, proto),
+            (s, d) => Self::v6(to_v6(s), to_v6(d), src_port, dst_port, proto),
+        }
+    }
+
+    /// A 3-tuple key (ports zero), for IP fragments: see the module docs.
+    #[inline]
+    #[must_use]
+    pub const fn three_tuple(src: IpAddr, dst: IpAddr, proto: IpProtocol) -> Self {
+        Self::new(src, dst, 0, 0, proto)
+    }
+
+    /// The key of the opposite direction (source and destination swapped), e.g. the reply
+    /// direction of a NAT entry.
+    #[inline]
+    #[must_use]
+    pub const fn reversed(&self) -> Self {
+        Self {
+            family: self.family,
+            proto: self.proto,
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+        }
+    }
+
+    /// This key with both ports zero (its 3-tuple).
+    #[inline]
+    #[must_use]
+    pub const fn without_ports(&self) -> Self {
+        Self {
+            src_port: 0,
+            dst_port: 0,
+            ..*self
+        }
+    }
+
+    /// Address family.
+    #[inline]
+    #[must_use]
+    pub const fn family(&self) -> Family {
+        self.family
+    }
+
+    /// IP protocol.
+    #[inline]
+    #[must_use]
+    pub const fn proto(&self) -> IpProtocol {
+        IpProtocol(self.proto)
+    }
+
+    /// Source address.
+    #[inline]
+    #[must_use]
+    pub const fn src(&self) -> IpAddr {
+        addr(self.family, self.src)
+    }
+
+    /// Destination address.
+    #[inline]
+    #[must_use]
+    pub const fn dst(&self) -> IpAddr {
+        addr(self.family, self.dst)
+    }
+
+    /// Source address as stored: 16 bytes, v4-mapped for IPv4.
+    #[inline]
+    #[must_use]
+    pub const fn src_octets(&self) -> [u8; 16] {
+        self.src
+    }
+
+    /// Destination address as stored: 16 bytes, v4-mapped for IPv4.
+    #[inline]
+    #[must_use]
+    pub const fn dst_octets(&self) -> [u8; 16] {
+        self.dst
+    }
+
+    /// Source port (0 when none).
+    #[inline]
+    #[must_use]
+    pub const fn src_port(&self) -> u16 {
+        self.src_port
+    }
+
+    /// Destination port (0 when none).
+    #[inline]
+    #[must_use]
+    pub const fn dst_port(&self) -> u16 {
+        self.dst_port
+    }
+
+    /// The 38-byte serialization [`flow_hash`] hashes (layout in the module docs). Part of
+    /// the cross-node contract.
+    #[inline]
+    #[must_use]
+    pub fn hash_input(&self) -> [u8; FLOW_HASH_INPUT_LEN] {
+        let mut b = [0u8; FLOW_HASH_INPUT_LEN];
+        b[0] = self.family as u8;
+        b[1] = self.proto;
+        b[2..18].copy_from_slice(&self.src);
+        b[18..34].copy_from_slice(&self.dst);
+        b[34..36].copy_from_slice(&self.src_port.to_be_bytes());
+        b[36..38].copy_from_slice(&self.dst_port.to_be_bytes());
+        b
+    }
+}
+
+impl Hash for FlowKey {
+    /// Three word writes instead of the derived field-by-field walk (which would also write a
+    /// length before each address). Only for process-local tables: this is not [`flow_hash`].
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u128(u128::from_ne_bytes(self.src));
+        state.write_u128(u128::from_ne_bytes(self.dst));
+        state.write_u64(
+            u64::from(self.src_port)
+                | u64::from(self.dst_port) << 16
+                | u64::from(self.proto) << 32
+                | u64::from(self.family as u8) << 40,
+        );
+    }
+}
+
+impl std::fmt::Debug for FlowKey {
+    /// `tcp 10.0.0.1:1234 -> 10.0.0.2:80` (IPv6 addresses bracketed).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (src, dst) = (self.src(), self.dst());
+        match self.proto() {
+            IpProtocol::TCP => f.write_str("tcp ")?,
+            IpProtocol::UDP => f.write_str("udp ")?,
+            IpProtocol::ICMP => f.write_str("icmp ")?,
+            IpProtocol::ICMPV6 => f.write_str("icmpv6 ")?,
+            IpProtocol(p) => write!(f, "proto{p} ")?,
+        }
+        match self.family {
+            Family::V4 => write!(f, "{src}:{} -> {dst}:{}", self.src_port, self.dst_port),
+            Family::V6 => write!(f, "[{src}]:{} -> [{dst}]:{}", self.src_port, self.dst_port),
+        }
+    }
+}
+
+#[inline]
+const fn to_v6(a: IpAddr) -> Ipv6Addr {
+    match a {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    }
+}
+
+#[inline]
+const fn addr(family: Family, octets: [u8; 16]) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(Ipv4Addr::new(
+            octets[12], octets[13], octets[14], octets[15],
+        )),
+        Family::V6 => IpAddr::V6(Ipv6Addr::from_octets(octets)),
+    }
+}
+
+// === flow hash ===
+
+/// The stateless flow hash: xxh3-64 of [`FlowKey::hash_input`] with `seed` (the Maglev seed
+/// all LB nodes share). A worker picks `table[flow_hash(key, seed) % M]`.
+///
+/// Part of the cross-node contract (see the module docs): stable across machines, CPU
+/// features and crate versions; changing it moves every stateless flow. For IP fragments use
+/// [`flow_hash_3tuple`] (or a [`FlowKey::three_tuple`] key) for *every* fragment, first
+/// included.
+#[inline]
+#[must_use]
+pub fn flow_hash(key: &FlowKey, seed: u64) -> u64 {
+    xxh3_38(key, seed)
+}
+
+/// The first 64 bytes of XXH3's default secret (`kSecret` in the xxHash specification), as
+/// little-endian words: all that the 17-to-128-byte path reads.
+const XXH3_SECRET: [u64; 8] = {
+    const B: [u8; 64] = [
+        0xb8, 0xfe, 0x6c, 0x39, 0x23, 0xa4, 0x4b, 0xbe, 0x7c, 0x01, 0x81, 0x2c, 0xf7, 0x21, 0xad,
+        0x1c, 0xde, 0xd4, 0x6d, 0xe9, 0x83, 0x90, 0x97, 0xdb, 0x72, 0x40, 0xa4, 0xa4, 0xb7, 0xb3,
+        0x67, 0x1f, 0xcb, 0x79, 0xe6, 0x4e, 0xcc, 0xc0, 0xe5, 0x78, 0x82, 0x5a, 0xd0, 0x7d, 0xcc,
+        0xff, 0x72, 0x21, 0xb8, 0x08, 0x46, 0x74, 0xf7, 0x43, 0x24, 0x8e, 0xe0, 0x35, 0x90, 0xe6,
+        0x81, 0x3a, 0x26, 0x4c,
+    ];
+    let mut w = [0u64; 8];
+    let mut i = 0;
+    while i < 8 {
+        let o = 8 * i;
+        w[i] = u64::from_le_bytes([
+            B[o],
+            B[o + 1],
+            B[o + 2],
+            B[o + 3],
+            B[o + 4],
+            B[o + 5],
+            B[o + 6],
+            B[o + 7],
+        ]);
+        i += 1;
+    }
+    w
+};
+
+/// XXH3's `mix16B`: one 16-byte lane, `lo`/`hi` read little-endian.
+#[inline(always)]
+fn mix16(lo: u64, hi: u64, s_lo: u64, s_hi: u64, seed: u64) -> u64 {
+    let p = u128::from(lo ^ s_lo.wrapping_add(seed)) * u128::from(hi ^ s_hi.wrapping_sub(seed));
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "folding the 128-bit product: the low half is wanted"
+    )]
+    let low = p as u64;
+    #[allow(clippy::cast_possible_truncation, reason = "p >> 64 fits in 64 bits")]
+    let high = (p >> 64) as u64;
+    low ^ high
+}
+
+#[inline(always)]
+fn le64(b: &[u8; 16], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+#[inline(always)]
+fn le32(b: &[u8; 16], at: usize) -> u64 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[at..at + 4]);
+    u64::from(u32::from_le_bytes(w))
+}
+
+/// `xxh3_64_with_seed(&key.hash_input(), seed)`, computed from the key's fields.
+///
+/// Why not call the library on the 38-byte buffer: xxh3 reads that buffer as 8-byte words at
+/// offsets 0, 6, 8, 14, 16, 22, 24 and 30. Each word straddles the buffer's freshly stored
+/// fields, so its load cannot take its data from the pending stores and waits for them to
+/// reach the cache. That costs 12-13 ns per hash on the dev machine, against 5 ns here. This
+/// is the xxHash specification's 17-to-128-byte path for length 38: four `mix16B` lanes
+/// (bytes 16..32, 6..22, 0..16 and 22..38) with the secret at offsets 32, 48, 0 and 16, then
+/// the XXH3 avalanche. `tests::word_hash_equals_the_library` checks it against
+/// `xxh3_64_with_seed` on random keys and seeds, and the golden values pin both.
+#[inline]
+fn xxh3_38(key: &FlowKey, seed: u64) -> u64 {
+    const PRIME64_1: u64 = 0x9E37_79B1_85EB_CA87;
+    let (s, d) = (&key.src, &key.dst);
+    let sport = u64::from(key.src_port.swap_bytes());
+    let dport = u64::from(key.dst_port.swap_bytes());
+    // Little-endian words of the serialization at the offsets xxh3 reads.
+    let at0 = u64::from(key.family as u8) | u64::from(key.proto) << 8 | le64(s, 0) << 16;
+    let at6 = le64(s, 4);
+    let at8 = le64(s, 6);
+    let at14 = le32(s, 12) | le32(d, 0) << 32;
+    let at16 = u64::from(u16::from_le_bytes([s[14], s[15]])) | le64(d, 0) << 16;
+    let at22 = le64(d, 4);
+    let at24 = le64(d, 6);
+    let at30 = le32(d, 12) | sport << 32 | dport << 48;
+    let k = &XXH3_SECRET;
+    let mut acc = 38u64.wrapping_mul(PRIME64_1);
+    acc = acc.wrapping_add(mix16(at16, at24, k[4], k[5], seed));
+    acc = acc.wrapping_add(mix16(at6, at14, k[6], k[7], seed));
+    acc = acc.wrapping_add(mix16(at0, at8, k[0], k[1], seed));
+    acc = acc.wrapping_add(mix16(at22, at30, k[2], k[3], seed));
+    acc ^= acc >> 37;
+    acc = acc.wrapping_mul(0x1656_6791_9E37_79F9);
+    acc ^ (acc >> 32)
+}
+
+/// The flow hash of a fragment: [`flow_hash`] of the 3-tuple key (both ports zero). Use it
+/// for any fragment — the first (offset 0, MF set) and the later ones — so that every
+/// fragment of a datagram lands on the same backend. Addresses of mixed families are handled
+/// as in [`FlowKey::new`].
+#[inline]
+#[must_use]
+pub fn flow_hash_3tuple(src: IpAddr, dst: IpAddr, proto: IpProtocol, seed: u64) -> u64 {
+    flow_hash(&FlowKey::three_tuple(src, dst, proto), seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use xxhash_rust::xxh3::xxh3_64_with_seed;
+
+    use super::*;
+
+    const SEED: u64 = 0x5eed_0f5e_ed00_0001;
+
+    fn k4() -> FlowKey {
+        FlowKey::v4(
+            Ipv4Addr::new(192, 0, 2, 1),
+            Ipv4Addr::new(198, 51, 100, 10),
+            40_000,
+            443,
+            IpProtocol::TCP,
+        )
+    }
+
+    fn k6() -> FlowKey {
+        FlowKey::v6(
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8:1::10".parse().unwrap(),
+            40_000,
+            443,
+            IpProtocol::TCP,
+        )
+    }
+
+    #[test]
+    fn serialization_layout_is_the_documented_one() {
+        let b = k4().hash_input();
+        assert_eq!(b[0], 4);
+        assert_eq!(b[1], 6);
+        assert_eq!(
+            &b[2..18],
+            &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 1]
+        );
+        assert_eq!(
+            &b[18..34],
+            &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 198, 51, 100, 10]
+        );
+        assert_eq!(&b[34..36], &40_000u16.to_be_bytes());
+        assert_eq!(&b[36..38], &[0x01, 0xbb]);
+
+        let b6 = k6().hash_input();
+        assert_eq!(b6[0], 6);
+        assert_eq!(
+            b6[2..18],
+            "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets()
+        );
+    }
+
+    /// Frozen values. If this fails, the cross-node hash changed: every stateless flow would
+    /// move during a rolling upgrade. Do not update the constants unless that is intended and
+    /// announced. The values are independent of this crate: they equal the reference xxHash
+    /// library's `XXH3_64bits_withSeed` over the documented 38 bytes, computed with the
+    /// `xxhash` Python binding (4.x, libxxhash 0.8.4):
+    /// `xxhash.xxh3_64_intdigest(bytes([4, 6]) + src16 + dst16 + struct.pack(">HH", sp, dp), seed=SEED)`.
+    #[test]
+    fn golden_values() {
+        assert_eq!(flow_hash(&k4(), SEED), GOLDEN_V4);
+        assert_eq!(flow_hash(&k6(), SEED), GOLDEN_V6);
+        assert_eq!(flow_hash(&k4(), 0), GOLDEN_V4_SEED0);
+        let udp = FlowKey::v4(
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(10, 0, 0, 2),
+            53,
+            5353,
+            IpProtocol::UDP,
+        );
+        assert_eq!(flow_hash(&udp, SEED), GOLDEN_UDP4);
+        let frag = flow_hash_3tuple(
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10)),
+            IpProtocol::UDP,
+            SEED,
+        );
+        assert_eq!(frag, GOLDEN_FRAG4);
+    }
+
+    const GOLDEN_V4: u64 = 0x085f_cf0d_5fac_07df;
+    const GOLDEN_V6: u64 = 0x95fc_5167_04f8_3140;
+    const GOLDEN_V4_SEED0: u64 = 0xd1c3_3ae9_ef76_0ef0;
+    const GOLDEN_UDP4: u64 = 0xa8b3_9b15_cb3c_3e0c;
+    const GOLDEN_FRAG4: u64 = 0xeca6_c978_5723_3d34;
+
+    proptest! {
+        /// The word-wise implementation is exactly the library's xxh3 over the documented
+        /// serialization, for any key and seed.
+        #[test]
+        fn word_hash_equals_the_library(
+            v6 in any::<bool>(),
+            src in any::<[u8; 16]>(),
+            dst in any::<[u8; 16]>(),
+            sport in any::<u16>(),
+            dport in any::<u16>(),
+            proto in any::<u8>(),
+            seed in any::<u64>(),
+        ) {
+            let key = if v6 {
+                FlowKey::v6(src.into(), dst.into(), sport, dport, IpProtocol(proto))
+            } else {
+                let s4 = Ipv4Addr::new(src[0], src[1], src[2], src[3]);
+                let d4 = Ipv4Addr::new(dst[0], dst[1], dst[2], dst[3]);
+                FlowKey::v4(s4, d4, sport, dport, IpProtocol(proto))
+            };
+            prop_assert_eq!(flow_hash(&key, seed), xxh3_64_with_seed(&key.hash_input(), seed));
+        }
+    }
+
+    #[test]
+    fn family_seed_ports_and_direction_change_the_hash() {
+        let v4 = k4();
+        let mapped = FlowKey::v6(
+            Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped(),
+            Ipv4Addr::new(198, 51, 100, 10).to_ipv6_mapped(),
+            40_000,
+            443,
+            IpProtocol::TCP,
+        );
+        // Same 16 address bytes, different family byte.
+        assert_eq!(v4.src_octets(), mapped.src_octets());
+        assert_ne!(v4, mapped);
+        assert_ne!(flow_hash(&v4, SEED), flow_hash(&mapped, SEED));
+        assert_ne!(flow_hash(&v4, SEED), flow_hash(&k6(), SEED));
+        assert_ne!(flow_hash(&v4, SEED), flow_hash(&v4, SEED ^ 1));
+        assert_ne!(flow_hash(&v4, SEED), flow_hash(&v4.reversed(), SEED));
+        assert_ne!(flow_hash(&v4, SEED), flow_hash(&v4.without_ports(), SEED));
+    }
+
+    #[test]
+    fn three_tuple_is_the_key_without_ports() {
+        let k = k4();
+        assert_eq!(
+            flow_hash_3tuple(k.src(), k.dst(), k.proto(), SEED),
+            flow_hash(&k.without_ports(), SEED)
+        );
+        assert_eq!(
+            FlowKey::three_tuple(k.src(), k.dst(), k.proto()),
+            k.without_ports()
+        );
+    }
+
+    #[test]
+    fn constructors_and_accessors_round_trip() {
+        let k = k4();
+        assert_eq!(k.family(), Family::V4);
+        assert_eq!(k.src(), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+        assert_eq!(k.dst(), IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10)));
+        assert_eq!((k.src_port(), k.dst_port()), (40_000, 443));
+        assert_eq!(k.proto(), IpProtocol::TCP);
+        assert_eq!(
+            FlowKey::new(k.src(), k.dst(), 40_000, 443, IpProtocol::TCP),
+            k
+        );
+        assert_eq!(k.reversed().reversed(), k);
+        assert_eq!(k.reversed().src(), k.dst());
+        assert_eq!(k.reversed().src_port(), 443);
+        let k6 = k6();
+        assert_eq!(
+            FlowKey::new(k6.src(), k6.dst(), 40_000, 443, IpProtocol::TCP),
+            k6
+        );
+        // Mixed families become IPv6 with the IPv4 side mapped.
+        let mixed = FlowKey::new(
+            IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+            k6.dst(),
+            1,
+            2,
+            IpProtocol::UDP,
+        );
+        assert_eq!(mixed.family(), Family::V6);
+        assert_eq!(
+            mixed.src(),
+            IpAddr::V6(Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped())
+        );
+        assert_eq!(format!("{k:?}"), "tcp 192.0.2.1:40000 -> 198.51.100.10:443");
+        assert_eq!(
+            format!("{k6:?}"),
+            "tcp [2001:db8::1]:40000 -> [2001:db8:1::10]:443"
+        );
+    }
+
+    /// `hash % M` spreads keys evenly, for random clients and for the realistic worst case of
+    /// one client walking its source ports. Pearson's chi-square over `M` cells with `N` keys;
+    /// for `M - 1 = 250` degrees of freedom the 99.99th percentile is about 347.
+    #[test]
+    fn distribution_mod_m_is_uniform() {
+        const M: u64 = 251;
+        const PER_CELL: u64 = 400;
+        fn chi2(keys: impl Iterator<Item = FlowKey>) -> f64 {
+            let mut cells = [0u64; 251];
+            let mut n = 0u64;
+            for k in keys {
+                let i = usize::try_from(flow_hash(&k, SEED) % M).unwrap();
+                cells[i] += 1;
+                n += 1;
+            }
+            assert_eq!(n, M * PER_CELL);
+            let e = f64::from(u32::try_from(PER_CELL).unwrap());
+            cells
+                .iter()
+                .map(|&c| {
+                    let d = f64::from(u32::try_from(c).unwrap()) - e;
+                    d * d / e
+                })
+                .sum()
+        }
+        let n = M * PER_CELL;
+        // One client, sequential source ports (wrapping through the ephemeral range).
+        let seq = (0..n).map(|i| {
+            let port = 1024 + u16::try_from(i % 64_000).unwrap();
+            let host = u8::try_from(i / 64_000).unwrap();
+            FlowKey::v4(
+                Ipv4Addr::new(192, 0, 2, host),
+                Ipv4Addr::new(198, 51, 100, 10),
+                port,
+                443,
+                IpProtocol::TCP,
+            )
+        });
+        let c = chi2(seq);
+        assert!(c < 347.0, "sequential ports: chi2 = {c}");
+        // Sequential IPv6 clients, fixed port.
+        let v6 = (0..n).map(|i| {
+            let src =
+                Ipv6Addr::from_bits(0x2001_0db8_0000_0000_0000_0000_0000_0000 | u128::from(i));
+            FlowKey::v6(
+                src,
+                "2001:db8:1::10".parse().unwrap(),
+                5000,
+                443,
+                IpProtocol::TCP,
+            )
+        });
+        let c = chi2(v6);
+        assert!(c < 347.0, "sequential v6 clients: chi2 = {c}");
+    }
+}
