@@ -1,0 +1,824 @@
+//! The per-packet forwarding engine: one [`Pipeline`] per worker turns each received frame
+//! into a [`Verdict`], rewriting it in place (DESIGN, "Dataplane", steps 2–6).
+//!
+//! # Contract
+//!
+//! - **No DPDK below `io`.** The pipeline sees a frame through [`PacketBuf`] (bytes, plus
+//!   headroom to prepend into); DPDK's `Mbuf` implements it in `io`, [`VecBuf`] everywhere
+//!   else. Services come through [`Services`]: the shared-memory table reader
+//!   ([`Worker`](crate::tables::Worker)) in production, [`StaticServices`] in tests.
+//! - **No panics, no allocation, no locks, no clock** on the packet path
+//!   ([`Pipeline::process`] and friends), for any input bytes and any table contents. Every
+//!   rewrite reaches the frame through `get`/`get_mut`; `now` is passed in (STYLE rule 18).
+//!   The proptests and the fuzz target (`fuzz/fuzz_targets/pipeline.rs`) exercise this.
+//! - **One writer.** A `Pipeline` owns its worker's [`ConnTrack`] and [`Counters`]; nothing
+//!   in it is shared.
+//!
+//! # Per packet
+//!
+//! 1. [`parse_frame`]: malformed frames are dropped with the parser's reason; frames to
+//!    another station's unicast MAC are dropped (`not_our_mac`), never forwarded.
+//! 2. ARP request for an owned address (a VIP, per [`Services::owns_address`], or a node
+//!    address) → ARP reply in place, [`Verdict::Reply`]. Other ARP, and non-IP → exception.
+//! 3. TCP/UDP to a known `(VIP, port, proto)` → the service's mode (below), then
+//!    [`Verdict::Forward`].
+//! 4. TCP/UDP to a node address on a port of the SNAT range → a NAT reply: the worker that
+//!    owns the port (the range is split per worker) looks up the reverse entry and un-NATs
+//!    (addresses, ports, TTL, checksums, MACs to the client-side MAC stored at flow setup);
+//!    another worker's port gives [`Verdict::Redirect`]; no entry → exception (the host's
+//!    own connection).
+//! 5. ICMP / ICMPv6 error whose quoted packet was sent by a service (quoted source = the
+//!    VIP it was sent to, quoted source port = the service port) → the backend of the quoted
+//!    flow (conntrack, else Maglev on the flow's 5-tuple). DSR and encap forward it as they
+//!    forward the flow. NAT translates it for the backend: outer node → backend, quoted
+//!    packet backend:port → node:SNAT port, quoted L4 checksum (incremental, when quoted),
+//!    quoted IPv4 header checksum, outer checksums; a flow without state is dropped
+//!    (`icmp_no_flow`). ICMP errors about NAT flows that arrive from the backend side (to
+//!    the node address) go to the exception path: a narrower behaviour, documented here.
+//! 6. ICMPv6 neighbor solicitation for an owned address → neighbor advertisement in place.
+//! 7. Anything else to a VIP → dropped (`no_service`, or `fragment_no_flow`); anything else
+//!    at all → [`Verdict::Exception`] (BGP, the host's SSH, ...).
+//!
+//! # Flows, conntrack and Maglev
+//!
+//! A flow's key is its 5-tuple; every IP fragment (first and later) uses the 3-tuple
+//! ([`FlowKey::three_tuple`]), as the flow-hash contract requires. A conntrack hit keeps the
+//! flow on its backend, found by stable id in the service's current backend list, whatever
+//! the Maglev table says now. A hit on a backend that is **draining** stays (draining means
+//! "keep existing flows"). A hit on a backend that was **removed** or is marked **down** moves
+//! the flow: Maglev picks again and the entry is replaced (`Counters::backend_moves`); a down
+//! backend is one control judged unable to serve, so its connections are lost anyway, and
+//! moving them lets clients see a reset from a live backend at once instead of timing out.
+//!
+//! A miss picks `table[flow_hash(key, seed) % M]`; an `EMPTY` entry means no backend. If the
+//! entry's backend is not active (the window before control republishes a table without
+//! it), the next entries are probed, up to [`PROBE_LIMIT`] in all, for an active one: the
+//! probe order depends only on the hash, so every node picks the same. The flow is then
+//! inserted; a full table is counted (`conntrack_full_fallback`) and the packet forwarded
+//! statelessly: never dropped. **Except NAT**, which cannot work without state (the reverse
+//! entry un-NATs the replies): a NAT flow that does not fit is dropped
+//! (`nat_conntrack_full`).
+//!
+//! The first fragment of a datagram stores a 3-tuple entry that remembers the service port,
+//! so later fragments (which carry no ports) find the service and the backend; a later
+//! fragment whose first one was not seen is dropped (`fragment_no_flow`). Fragments are not
+//! reassembled. NAT services take no fragments (`nat_fragment`).
+//!
+//! ## What conntrack entries hold
+//!
+//! [`Entry`] carries two `u32`s and a `u16` besides its times. The pipeline uses them so:
+//!
+//! | entry | `backend_id` | `service_id` | `nat_port` |
+//! |---|---|---|---|
+//! | forward (client → VIP), any mode | backend's stable id | backend's slot when chosen (a hint, checked against the id) | NAT: the SNAT port; fragment 3-tuple entry: the service port; else 0 |
+//! | NAT reverse (backend → node:SNAT port) | client-side MAC bytes 0..4, big-endian | the service's directory index | client-side MAC bytes 4..6 |
+//!
+//! The client-side MAC is the source MAC of the flow's first packet (the router that
+//! delivered it); replies go back to it.
+//!
+//! # Rewrites, per mode
+//!
+//! - **DSR**: Ethernet source = the port's MAC, destination = the backend's MAC (or its next
+//!   hop's). The IP packet is not touched: an L2 hop.
+//! - **NAT**: DNAT to the backend (and its port, if set), SNAT to the node address and a port
+//!   of this worker's block; TTL / hop limit decremented (≤ 1 is dropped, `ttl_expired`, with
+//!   no ICMP sent); IPv4 header and TCP/UDP checksums updated incrementally (RFC 1624); a zero
+//!   UDP checksum over IPv4 stays zero, over IPv6 it is computed. NAT46/64 is not done.
+//! - **Encap** (IP-in-IP, GUE): an outer IPv4 or IPv6 header (backend's family, any mix with
+//!   the inner one) from the node's encap address, TTL 64, full header checksum; GUE adds UDP
+//!   to the GUE port and a 4-byte GUE header. The inner packet is untouched. The frame grows
+//!   at the front ([`PacketBuf::prepend`]); too little headroom is `encap_no_headroom`. The
+//!   MTU is not checked: the backend network must carry the extra 20–52 bytes.
+//!
+//! VLAN tags are kept: a frame leaves on the VLAN it came on.
+
+mod buf;
+mod config;
+pub mod fuzz;
+mod rewrite;
+mod services;
+mod verdict;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::RangeInclusive;
+
+use crate::conntrack::{ConnTrack, Entry, InsertError, Tick};
+use crate::flow::{FlowKey, flow_hash};
+use crate::tables::{BackendEntry, BackendId, BackendState, Mode, ServiceKey};
+use crate::wire::{
+    EthernetAddress, FragmentInfo, IcmpInfo, IpProtocol, L3, ParsedFrame, TcpFlags, icmpv4, icmpv6,
+    parse_frame,
+};
+
+pub use buf::{PacketBuf, VecBuf};
+pub use config::{PipelineConfig, PipelineConfigError};
+pub use services::{PROBE_LIMIT, Service, Services, StaticServices, StaticServicesError};
+pub use verdict::{Counters, DropReason, Verdict};
+
+use config::NatPorts;
+use rewrite::{Encap, IcmpTranslation, Translation};
+
+/// SNAT ports a new NAT flow tries (round robin through the worker's block) before it is
+/// dropped as `nat_ports_exhausted`. A port is free when no reverse entry for
+/// `(backend, backend port, node, port)` exists.
+pub const NAT_PORT_TRIES: usize = 16;
+
+/// Conntrack buckets [`Pipeline::process_burst`] ages per burst.
+pub const AGE_BUDGET_PER_BURST: usize = 64;
+
+/// One worker's packet pipeline. See the module docs for the contract.
+#[derive(Debug)]
+pub struct Pipeline {
+    config: PipelineConfig,
+    macs: Box<[EthernetAddress]>,
+    node_v4: Option<Ipv4Addr>,
+    node_v6: Option<Ipv6Addr>,
+    encap_v4: Ipv4Addr,
+    encap_v6: Ipv6Addr,
+    seed: u64,
+    gue_port: u16,
+    nat: NatPorts,
+    ct: ConnTrack,
+    counters: Counters,
+    /// Outer IPv4 identification, per worker.
+    ident: u16,
+}
+
+// === impl Pipeline ===
+
+impl Pipeline {
+    /// A pipeline for `config`, with its conntrack table allocated (all allocation happens
+    /// here).
+    ///
+    /// # Errors
+    ///
+    /// [`PipelineConfigError`] when the config does not validate.
+    pub fn new(config: PipelineConfig) -> Result<Self, PipelineConfigError> {
+        config.validate()?;
+        let ct = match config.conntrack_seeds {
+            Some([a, b, c, d]) => ConnTrack::with_hasher(
+                config.conntrack_capacity,
+                &config.timeouts,
+                config.tick_rate,
+                ahash::RandomState::with_seeds(a, b, c, d),
+            )?,
+            None => ConnTrack::new(
+                config.conntrack_capacity,
+                &config.timeouts,
+                config.tick_rate,
+            )?,
+        };
+        Ok(Self {
+            macs: config.port_macs.clone().into_boxed_slice(),
+            node_v4: config.node_ipv4,
+            node_v6: config.node_ipv6,
+            encap_v4: config
+                .encap_ipv4
+                .or(config.node_ipv4)
+                .unwrap_or(Ipv4Addr::UNSPECIFIED),
+            encap_v6: config
+                .encap_ipv6
+                .or(config.node_ipv6)
+                .unwrap_or(Ipv6Addr::UNSPECIFIED),
+            seed: config.flow_hash_seed,
+            gue_port: config.gue_port,
+            nat: NatPorts::new(&config),
+            ct,
+            counters: Counters::default(),
+            ident: 0,
+            config,
+        })
+    }
+
+    /// The configuration it was built from.
+    #[must_use]
+    pub fn config(&self) -> &PipelineConfig {
+        &self.config
+    }
+
+    /// The counters so far.
+    #[inline]
+    #[must_use]
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The worker's conntrack table (its [`stats`](ConnTrack::stats), fill, entries).
+    #[inline]
+    #[must_use]
+    pub fn conntrack(&self) -> &ConnTrack {
+        &self.ct
+    }
+
+    /// The SNAT source ports this worker hands out.
+    #[must_use]
+    pub fn nat_ports(&self) -> RangeInclusive<u16> {
+        self.nat.own()
+    }
+
+    /// The worker that owns SNAT port `port` (whose conntrack holds the flow a reply to it
+    /// belongs to), or `None` outside the SNAT range. For steering replies to the right queue.
+    #[must_use]
+    pub fn nat_port_owner(&self, port: u16) -> Option<u16> {
+        self.nat.owner(port)
+    }
+
+    /// Ages the conntrack table: up to `budget` buckets (see
+    /// [`ConnTrack::evict_expired`]). Returns the entries removed.
+    pub fn age(&mut self, now: Tick, budget: usize) -> usize {
+        self.ct.evict_expired(now, budget)
+    }
+
+    /// [`Pipeline::process_from`] for port 0: the one-armed case.
+    #[inline]
+    pub fn process<B: PacketBuf, S: Services + ?Sized>(
+        &mut self,
+        pkt: &mut B,
+        services: &S,
+        now: Tick,
+    ) -> Verdict {
+        self.process_from(0, pkt, services, now)
+    }
+
+    /// Processes one frame received on port `port` (an index into
+    /// [`PipelineConfig::port_macs`]) at time `now`: parses, classifies, rewrites in place,
+    /// counts, and says what to do with it. Never panics, never allocates.
+    #[inline]
+    pub fn process_from<B: PacketBuf, S: Services + ?Sized>(
+        &mut self,
+        port: u16,
+        pkt: &mut B,
+        services: &S,
+        now: Tick,
+    ) -> Verdict {
+        let bytes = u32::try_from(pkt.data().len()).unwrap_or(u32::MAX);
+        self.counters.rx_packets += 1;
+        self.counters.rx_bytes += u64::from(bytes);
+        let v = match self.macs.get(usize::from(port)) {
+            Some(&mac) => self.classify(mac, pkt, services, now, bytes),
+            None => Verdict::Drop(DropReason::UnknownPort),
+        };
+        self.counters.count(&v);
+        v
+    }
+
+    /// Processes a burst received on `port`: `verdicts[i]` for `pkts[i]`, for the first
+    /// `min(pkts.len(), verdicts.len())` packets (the count is returned), then ages
+    /// [`AGE_BUDGET_PER_BURST`] conntrack buckets.
+    pub fn process_burst<B: PacketBuf, S: Services + ?Sized>(
+        &mut self,
+        port: u16,
+        pkts: &mut [B],
+        verdicts: &mut [Verdict],
+        services: &S,
+        now: Tick,
+    ) -> usize {
+        let mut n = 0;
+        for (p, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
+            *v = self.process_from(port, p, services, now);
+            n += 1;
+        }
+        self.ct.evict_expired(now, AGE_BUDGET_PER_BURST);
+        n
+    }
+
+    // --- classification ---
+
+    #[inline]
+    fn classify<B: PacketBuf, S: Services + ?Sized>(
+        &mut self,
+        mac: EthernetAddress,
+        pkt: &mut B,
+        services: &S,
+        now: Tick,
+        bytes: u32,
+    ) -> Verdict {
+        let data = pkt.data();
+        let pf = match parse_frame(data) {
+            Ok(pf) => pf,
+            Err(e) => return Verdict::Drop(e.into()),
+        };
+        // parse_frame checked the 14-byte Ethernet header.
+        if let Some(dst) = data.get(..6)
+            && dst.first().is_some_and(|b| b & 1 == 0)
+            && dst != mac.0
+        {
+            return Verdict::Drop(DropReason::NotOurMac);
+        }
+        match pf.l3 {
+            L3::Ipv4 | L3::Ipv6 => {}
+            L3::Arp => return self.arp(mac, pkt, &pf, services),
+            L3::Other(_) => return Verdict::Exception,
+        }
+        if pf.proto == IpProtocol::TCP || pf.proto == IpProtocol::UDP {
+            if pf.fragment == FragmentInfo::NonFirst {
+                if let Some(v) = self.later_fragment(mac, pkt, &pf, services, now, bytes) {
+                    return v;
+                }
+            } else {
+                let key = service_key(pf.dst, pf.dst_port, pf.proto);
+                if let Some(svc) = services.service(&key) {
+                    return self.service_packet(mac, pkt, &pf, &svc, now, bytes);
+                }
+                if let Some(v) = self.nat_reply(mac, pkt, &pf, now, bytes) {
+                    return v;
+                }
+            }
+        } else if let Some(icmp) = pf.icmp
+            && let Some(v) = self.icmp(mac, pkt, &pf, icmp, services, now, bytes)
+        {
+            return v;
+        }
+        if !self.is_node_address(pf.dst) && services.owns_address(pf.dst) {
+            return Verdict::Drop(if pf.fragment == FragmentInfo::NonFirst {
+                DropReason::FragmentNoFlow
+            } else {
+                DropReason::NoService
+            });
+        }
+        Verdict::Exception
+    }
+
+    #[inline]
+    fn is_node_address(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(a) => self.node_v4 == Some(a),
+            IpAddr::V6(a) => self.node_v6 == Some(a),
+        }
+    }
+
+    fn owns<S: Services + ?Sized>(&self, ip: IpAddr, services: &S) -> bool {
+        self.is_node_address(ip) || services.owns_address(ip)
+    }
+
+    fn arp<B: PacketBuf, S: Services + ?Sized>(
+        &self,
+        mac: EthernetAddress,
+        pkt: &mut B,
+        pf: &ParsedFrame,
+        services: &S,
+    ) -> Verdict {
+        match rewrite::arp_reply(pkt.data_mut(), pf, mac, |ip| self.owns(ip, services)) {
+            Some(()) => Verdict::Reply,
+            None => Verdict::Exception,
+        }
+    }
+
+    // --- service traffic ---
+
+    /// A TCP/UDP packet (whole or first fragment) that matched `svc`.
+    #[inline]
+    fn service_packet<B: PacketBuf>(
+        &mut self,
+        mac: EthernetAddress,
+        pkt: &mut B,
+        pf: &ParsedFrame,
+        svc: &Service<'_>,
+        now: Tick,
+        bytes: u32,
+    ) -> Verdict {
+        let fragment = pf.fragment != FragmentInfo::None;
+        if svc.mode == Mode::Nat {
+            if fragment {
+                return Verdict::Drop(DropReason::NatFragment);
+            }
+            return self.nat_forward(mac, pkt, pf, svc, now, bytes);
+        }
+        let (key, tag) = if fragment {
+            (FlowKey::three_tuple(pf.src, pf.dst, pf.proto), pf.dst_port)
+        } else {
+            (
+                FlowKey::new(pf.src, pf.dst, pf.src_port, pf.dst_port, pf.proto),
+                0,
+            )
+        };
+        let hit = self.ct.lookup_tcp(&key, pf.tcp_flags, now).copied();
+        let mut hash = None;
+        let backend = match hit.and_then(|e| tracked_backend(svc, &e)) {
+            Some(b) => b,
+            None => {
+                if hit.is_some() {
+                    self.counters.backend_moves += 1;
+                }
+                let h = flow_hash(&key, self.seed);
+                hash = Some(h);
+                match self.new_flow(svc, &key, h, tag, pf.tcp_flags, now) {
+                    Some(b) => b,
+                    None => return Verdict::Drop(DropReason::NoBackend),
+                }
+            }
+        };
+        self.send(mac, pkt, pf, svc, backend, &key, hash, bytes)
+    }
+
+    /// Picks a backend for a new (or moved) DSR/encap flow and tracks it; a full table only
+    /// counts `conntrack_full_fallback`.
+    #[inline]
+    fn new_flow<'s>(
+        &mut self,
+        svc: &Service<'s>,
+        key: &FlowKey,
+        hash: u64,
+        tag: u16,
+        flags: TcpFlags,
+        now: Tick,
+    ) -> Option<&'s BackendEntry> {
+        let (slot, b) = svc.pick(hash)?;
+        let entry = Entry::new(b.backend_id, slot).with_nat_port(tag);
+        if self.ct.insert(*key, entry, flags, now).is_err() {
+            self.counters.conntrack_full_fallback += 1;
+        }
+        Some(b)
+    }
+
+    /// A later fragment: its service and backend come from the 3-tuple entry its first
+    /// fragment stored. `None` when there is none.
+    fn later_fragment<B: PacketBuf, S: Services + ?Sized>(
+        &mut self,
+        mac: EthernetAddress,
+        pkt: &mut B,
+        pf: &ParsedFrame,
+        services: &S,
+        now: Tick,
+        bytes: u32,
+    ) -> Option<Verdict> {
+        let key = FlowKey::three_tuple(pf.src, pf.dst, pf.proto);
+        let e = *self.ct.lookup(&key, now)?;
+        let svc = services.service(&service_key(pf.dst, e.nat_port(), pf.proto))?;
+        if svc.mode == Mode::Nat {
+            return Some(Verdict::Drop(DropReason::NatFragment));
+        }
+        let mut hash = None;
+        let backend = match tracked_backend(&svc, &e) {
+            Some(b) => b,
+            None => {
+                self.counters.backend_moves += 1;
+                let h = flow_hash(&key, self.seed);
+                hash = Some(h);
+                match self.new_flow(&svc, &key, h, e.nat_port(), TcpFlags(0), now) {
+                    Some(b) => b,
+                    None => return Some(Verdict::Drop(DropReason::NoBackend)),
+                }
+            }
+        };
+        Some(self.send(mac, pkt, pf, &svc, backend, &key, hash, bytes))
+    }
+
+    /// Forwards to `backend` by DSR or encap (`svc.mode`). `hash` is the flow hash of `key`
+    /// when already computed (encap uses it for entropy).
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn send<B: PacketBuf>(
+        &mut self,
+        mac: EthernetAddress,
+        pkt: &mut B,
+        pf: &ParsedFrame,
+        svc: &Service<'_>,
+        backend: &BackendEntry,
+        key: &FlowKey,
+        hash: Option<u64>,
+        bytes: u32,
+    ) -> Verdict {
+        let Some(dmac) = backend.mac() else {
+            return Verdict::Drop(DropReason::BackendUnresolved);
+        };
+        let gue_port = match svc.mode {
+            Mode::Dsr => None,
+            Mode::EncapIpip => Some(None),
+            Mode::EncapGue => Some(Some(self.gue_port)),
+            Mode::Nat => return Verdict::Drop(DropReason::Unsupported),
+        };
+        if let Some(gue_port) = gue_port {
+            let Some(dst) = backend.ip() else {
+                return Verdict::Drop(DropReason::Unsupported);
+            };
+            let src = match dst {
+                IpAddr::V4(_) => IpAddr::V4(self.encap_v4),
+                IpAddr::V6(_) => IpAddr::V6(self.encap_v6),
+            };
+            self.ident = self.ident.wrapping_add(1);
+            let e = Encap {
+                src,
+                dst,
+                gue_port,
+                entropy: hash.unwrap_or_else(|| flow_hash(key, self.seed)),
+                ident: self.ident,
+            };
+            if let Err(r) = rewrite::encap(pkt, pf, &e) {
+                return Verdict::Drop(r);
+            }
+        }
+        if rewrite::set_macs(pkt.data_mut(), dmac, mac.0).is_none() {
+            return Verdict::Drop(DropReason::RewriteFailed);
+        }
+        Verdict::Forward {
+            service: svc.index,
+            backend: Some(backend.id()),
+            bytes,
+        }
+    }
+
+    // --- NAT ---
+
+    /// The node's NAT address of `ip`'s family.
+    #[inline]
+    fn nat_source(&self, ip: IpAddr) -> Option<IpAddr> {
+        match ip {
+            IpAddr::V4(_) => self.node_v4.map(IpAddr::V4),
+            IpAddr::V6(_) => self.node_v6.map(IpAddr::V6),
+        }
+    }
+
+    /// A client → VIP packet of a NAT service.
+    #[inline]
+    fn nat_forward<B: PacketBuf>(
+        &mut self,
+        mac: EthernetAddress,
+        pkt: &mut B,
+        pf: &ParsedFrame,
+        svc: &Service<'_>,
+        now: Tick,
+        bytes: u32,
+    ) -> Verdict {
+        if pf.ttl <= 1 {
+            return Verdict::Drop(DropReason::TtlExpired);
+        }
+        let Some(node) = self.nat_source(pf.dst) else {
+            return Verdict::Drop(DropReason::NatNoSourceAddress);
+        };
+        let key = FlowKey::new(pf.src, pf.dst, pf.src_port, pf.dst_port, pf.proto);
+        let hit = self.ct.lookup_tcp(&key, pf.tcp_flags, now).copied();
+        let tracked = hit.and_then(|e| Some((tracked_backend(svc, &e)?, e.nat_port())));
+        let (backend, snat) = match tracked {
+            Some(t) => t,
+            None => {
+                if hit.is_some() {
+                    self.counters.backend_moves += 1;
+                    let _ = self.ct.remove(&key);
+                }
+                let client_mac = rewrite::src_mac(pkt.data()).unwrap_or_default();
+                match self.nat_new_flow(client_mac, pf, svc, &key, node, now) {
+                    Ok(t) => t,
+                    Err(r) => return Verdict::Drop(r),
+                }
+            }
+        };
+        let Some(dmac) = backend.mac() else {
+            return Verdict::Drop(DropReason::BackendUnresolved);
+        };
+        let Some(bip) = backend.ip().filter(|b| b.is_ipv4() == node.is_ipv4()) else {
+            return Verdict::Drop(DropReason::NatFamilyMismatch);
+        };
+        let t = Translation {
+            src: node,
+            dst: bip,
+            src_port: snat,
+            dst_port: backend_port(backend, pf.dst_port),
+        };
+        let frame = pkt.data_mut();
+        if rewrite::nat(frame, pf, &t).is_none() || rewrite::set_macs(frame, dmac, mac.0).is_none()
+        {
+            return Verdict::Drop(DropReason::RewriteFailed);
+        }
+        Verdict::Forward {
+            service: svc.index,
+            backend: Some(backend.id()),
+            bytes,
+        }
+    }
+
+    /// Sets up a NAT flow: picks the backend and a free SNAT port, inserts the pair.
+    fn nat_new_flow<'s>(
+        &mut self,
+        client_mac: [u8; 6],
+        pf: &ParsedFrame,
+        svc: &Service<'s>,
+        key: &FlowKey,
+        node: IpAddr,
+        now: Tick,
+    ) -> Result<(&'s BackendEntry, u16), DropReason> {
+        let (slot, b) = svc
+            .pick(flow_hash(key, self.seed))
+            .ok_or(DropReason::NoBackend)?;
+        let bip = b.ip().ok_or(DropReason::Unsupported)?;
+        if bip.is_ipv4() != node.is_ipv4() {
+            return Err(DropReason::NatFamilyMismatch);
+        }
+        if b.mac().is_none() {
+            return Err(DropReason::BackendUnresolved);
+        }
+        let bport = backend_port(b, pf.dst_port);
+        let mut chosen = None;
+        for _ in 0..NAT_PORT_TRIES {
+            let p = self.nat.next();
+            let rev = FlowKey::new(bip, node, bport, p, pf.proto);
+            if self.ct.peek(&rev).is_none() {
+                chosen = Some((p, rev));
+                break;
+            }
+        }
+        let (port, rev_key) = chosen.ok_or(DropReason::NatPortsExhausted)?;
+        let fwd = Entry::new(b.backend_id, slot).with_nat_port(port);
+        let [m0, m1, m2, m3, m4, m5] = client_mac;
+        let rev = Entry::new(u32::from_be_bytes([m0, m1, m2, m3]), svc.index)
+            .with_nat_port(u16::from_be_bytes([m4, m5]));
+        match self
+            .ct
+            .insert_pair(*key, fwd, rev_key, rev, pf.tcp_flags, now)
+        {
+            Ok(()) => Ok((b, port)),
+            Err(InsertError::Full) => Err(DropReason::NatConntrackFull),
+            Err(InsertError::SameKey) => Err(DropReason::Unsupported),
+        }
+    }
+
+    /// A TCP/UDP packet that matched no service: a NAT reply if it goes to a node address
+    /// and a port of the SNAT range. `None` when it is not one (or no flow matches).
+    #[inline]
+    fn nat_reply<B: PacketBuf>(
+        &mut self,
+        mac: EthernetAddress,
+        pkt: &mut B,
+        pf: &ParsedFrame,
+        now: Tick,
+        bytes: u32,
+    ) -> Option<Verdict> {
+        if !self.is_node_address(pf.dst) {
+            return None;
+        }
+        let owner = self.nat.owner(pf.dst_port)?;
+        if owner != self.nat.worker() {
+            return Some(Verdict::Redirect { worker: owner });
+        }
+        let key = FlowKey::new(pf.src, pf.dst, pf.src_port, pf.dst_port, pf.proto);
+        let e = *self.ct.lookup_tcp(&key, pf.tcp_flags, now)?;
+        if !e.is_reverse() {
+            return None;
+        }
+        let fwd = self.ct.peer_key(&e)?;
+        if pf.fragment != FragmentInfo::None {
+            return Some(Verdict::Drop(DropReason::NatFragment));
+        }
+        if pf.ttl <= 1 {
+            return Some(Verdict::Drop(DropReason::TtlExpired));
+        }
+        let [m0, m1, m2, m3] = e.backend_id().to_be_bytes();
+        let [m4, m5] = e.nat_port().to_be_bytes();
+        let t = Translation {
+            src: fwd.dst(),
+            dst: fwd.src(),
+            src_port: fwd.dst_port(),
+            dst_port: fwd.src_port(),
+        };
+        let frame = pkt.data_mut();
+        if rewrite::nat(frame, pf, &t).is_none()
+            || rewrite::set_macs(frame, [m0, m1, m2, m3, m4, m5], mac.0).is_none()
+        {
+            return Some(Verdict::Drop(DropReason::RewriteFailed));
+        }
+        self.counters.nat_replies += 1;
+        Some(Verdict::Forward {
+            service: e.service_id(),
+            backend: None,
+            bytes,
+        })
+    }
+
+    // --- ICMP ---
+
+    /// ICMP errors about service flows, and neighbor solicitations. `None`: neither.
+    #[allow(clippy::too_many_arguments)]
+    fn icmp<B: PacketBuf, S: Services + ?Sized>(
+        &mut self,
+        mac: EthernetAddress,
+        pkt: &mut B,
+        pf: &ParsedFrame,
+        icmp: IcmpInfo,
+        services: &S,
+        now: Tick,
+        bytes: u32,
+    ) -> Option<Verdict> {
+        let is_error = match (pf.l3, pf.proto) {
+            (L3::Ipv4, IpProtocol::ICMP) => icmpv4::Message(icmp.msg_type).is_error(),
+            (L3::Ipv6, IpProtocol::ICMPV6) => {
+                if icmp.msg_type == icmpv6::Message::NEIGHBOR_SOLICIT.0 {
+                    let data = pkt.data_mut();
+                    return rewrite::ndp_reply(data, pf, mac, |ip| self.owns(ip, services))
+                        .map(|()| Verdict::Reply);
+                }
+                icmpv6::Message(icmp.msg_type).is_error()
+            }
+            _ => false,
+        };
+        if !is_error {
+            return None;
+        }
+        let inner = pf.inner_flow(pkt.data()).ok()?;
+        if (inner.proto != IpProtocol::TCP && inner.proto != IpProtocol::UDP)
+            || inner.fragment == FragmentInfo::NonFirst
+            || inner.src != pf.dst
+        {
+            return None;
+        }
+        let svc = services.service(&service_key(inner.src, inner.src_port, inner.proto))?;
+        // The quoted packet went VIP → client: the flow is its reverse.
+        let key = FlowKey::new(
+            inner.dst,
+            inner.src,
+            inner.dst_port,
+            inner.src_port,
+            inner.proto,
+        );
+        let v = if svc.mode == Mode::Nat {
+            self.icmp_nat(mac, pkt, pf, &svc, &key, now, bytes)
+        } else {
+            let tracked = self
+                .ct
+                .peek(&key)
+                .filter(|e| now < e.expires())
+                .and_then(|e| tracked_backend(&svc, e));
+            let hash = flow_hash(&key, self.seed);
+            match tracked.or_else(|| svc.pick(hash).map(|(_, b)| b)) {
+                Some(b) => self.send(mac, pkt, pf, &svc, b, &key, Some(hash), bytes),
+                None => Verdict::Drop(DropReason::NoBackend),
+            }
+        };
+        if matches!(v, Verdict::Forward { .. }) {
+            self.counters.icmp_errors += 1;
+        }
+        Some(v)
+    }
+
+    /// An ICMP error about the NAT flow `key` (client → VIP), translated for its backend.
+    #[allow(clippy::too_many_arguments)]
+    fn icmp_nat<B: PacketBuf>(
+        &mut self,
+        mac: EthernetAddress,
+        pkt: &mut B,
+        pf: &ParsedFrame,
+        svc: &Service<'_>,
+        key: &FlowKey,
+        now: Tick,
+        bytes: u32,
+    ) -> Verdict {
+        if pf.ttl <= 1 {
+            return Verdict::Drop(DropReason::TtlExpired);
+        }
+        let Some(e) = self.ct.peek(key).filter(|e| now < e.expires()).copied() else {
+            return Verdict::Drop(DropReason::IcmpNoFlow);
+        };
+        let (Some(rev), Some(b)) = (self.ct.peer_key(&e), tracked_backend(svc, &e)) else {
+            return Verdict::Drop(DropReason::IcmpNoFlow);
+        };
+        let Some(dmac) = b.mac() else {
+            return Verdict::Drop(DropReason::BackendUnresolved);
+        };
+        // `rev` is backend:port → node:SNAT port, the packet the backend sent.
+        let t = IcmpTranslation {
+            outer_src: rev.dst(),
+            outer_dst: rev.src(),
+            quote_src: rev.src(),
+            quote_dst: rev.dst(),
+            quote_src_port: rev.src_port(),
+            quote_dst_port: rev.dst_port(),
+        };
+        let frame = pkt.data_mut();
+        if rewrite::icmp_nat(frame, pf, &t).is_none()
+            || rewrite::set_macs(frame, dmac, mac.0).is_none()
+        {
+            return Verdict::Drop(DropReason::RewriteFailed);
+        }
+        Verdict::Forward {
+            service: svc.index,
+            backend: Some(b.id()),
+            bytes,
+        }
+    }
+}
+
+/// The backend a tracked flow stays on: its backend (by stable id) if the service still has
+/// it and it is not down. Draining backends keep their flows.
+#[inline]
+fn tracked_backend<'s>(svc: &Service<'s>, e: &Entry) -> Option<&'s BackendEntry> {
+    svc.backend_by_id(BackendId(e.backend_id()), e.service_id())
+        .map(|(_, b)| b)
+        .filter(|b| b.state() != BackendState::Down)
+}
+
+/// The port NAT sends to: the backend's, or the service port when the backend has none.
+#[inline]
+fn backend_port(b: &BackendEntry, service_port: u16) -> u16 {
+    if b.port != 0 { b.port } else { service_port }
+}
+
+/// The service key of `ip:port/proto`.
+#[inline]
+fn service_key(ip: IpAddr, port: u16, proto: IpProtocol) -> ServiceKey {
+    match ip {
+        IpAddr::V4(a) => ServiceKey::from_v4(a.octets(), port, proto.0),
+        IpAddr::V6(a) => ServiceKey::from_v6(a.octets(), port, proto.0),
+    }
+}
