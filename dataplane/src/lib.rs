@@ -7,7 +7,12 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod conntrack;
+pub mod flow;
 pub mod io;
 pub mod maglev;
+pub mod pipeline;
 pub mod tables;
 pub mod wire;
+#[cfg(feature = "dpdk")]
+pub mod worker;

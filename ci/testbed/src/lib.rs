@@ -208,6 +208,11 @@ impl Proc {
         }
     }
 
+    /// Takes its piped stdout, to read while it runs.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.as_mut().and_then(|c| c.stdout.take())
+    }
+
     /// Kills it now (SIGKILL to its PID) and reaps it.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -342,7 +347,7 @@ pub mod addr {
     }
     /// Backend `i`'s IPv6 address.
     pub fn backend6(i: usize) -> String {
-        format!("fd90::{}", backend_host(i))
+        format!("fd90::{:x}", backend_host(i))
     }
     /// Host byte of the LB node.
     pub const LB_HOST: u8 = 3;
@@ -368,7 +373,17 @@ impl OneArm {
     pub fn new(tag: &str, backends: usize, mode: BackendMode) -> io::Result<OneArm> {
         remove_stale();
         let sw = Netns::new(&format!("{tag}sw"))?;
-        sw.ip(&["link", "add", "br0", "type", "bridge"])?;
+        // No multicast snooping: NDP solicitations (solicited-node multicast) must reach the LB
+        // node, whose kernel never joins those groups (DPDK answers for its addresses).
+        sw.ip(&[
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ])?;
         sw.sysctl("net.ipv6.conf.br0.disable_ipv6", "1")?;
         sw.ip(&["link", "set", "br0", "up"])?;
         let host = |name: &str, byte: u8, ifname: &str| -> io::Result<Netns> {
@@ -466,4 +481,84 @@ impl OneArm {
         }
         Ok(procs)
     }
+}
+
+/// Path of one of the testbed's own binaries (`tb-server`, `tb-client`), built next to the
+/// running test binary (`target/<profile>/`). `cargo test --workspace` builds them.
+///
+/// # Errors
+/// When the binary is not there, with the command that builds it.
+pub fn bin_path(name: &str) -> io::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    // A test runs from target/<profile>/deps/, a binary from target/<profile>/.
+    let here = exe
+        .parent()
+        .ok_or_else(|| io::Error::other("no target dir"))?;
+    let p = [Some(here), here.parent()]
+        .into_iter()
+        .flatten()
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| here.join(name));
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "{} not built; run `cargo build -p sluice-testbed --bins` (cargo test --workspace does)",
+                p.display()
+            ),
+        ))
+    }
+}
+
+/// Runs `tb-client` in `ns` against `target` and returns its stdout; fails on a non-zero exit
+/// (some connection failed) with the client's output.
+///
+/// # Errors
+/// Spawn failure, timeout, or a failed connection.
+pub fn run_client(
+    ns: &Netns,
+    target: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> io::Result<String> {
+    let mut cmd = ns.command(bin_path("tb-client")?);
+    cmd.args(["--target", target])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = Proc::spawn("tb-client", &mut cmd)?.wait_output(timeout)?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "tb-client {target} failed ({}):\n{text}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(text)
+}
+
+/// The `RESULT` line of `tb-client` output, parsed: (ok, failed, per-backend counts).
+pub fn client_result(
+    text: &str,
+) -> Option<(usize, usize, std::collections::BTreeMap<String, usize>)> {
+    let line = text.lines().rev().find(|l| l.starts_with("RESULT "))?;
+    let mut ok = None;
+    let mut failed = None;
+    let mut per = std::collections::BTreeMap::new();
+    for kv in line.split_whitespace().skip(1) {
+        let (k, v) = kv.split_once('=')?;
+        let v: usize = v.parse().ok()?;
+        match k {
+            "ok" => ok = Some(v),
+            "failed" => failed = Some(v),
+            b => {
+                per.insert(b.to_owned(), v);
+            }
+        }
+    }
+    Some((ok?, failed?, per))
 }

@@ -460,3 +460,26 @@ impl Drop for Drain<'_> {
 
 const _: () = assert!(std::mem::size_of::<Mbuf>() == std::mem::size_of::<*mut ffi::rte_mbuf>());
 const _: () = assert!(std::mem::size_of::<Option<Mbuf>>() == std::mem::size_of::<Mbuf>());
+
+impl crate::pipeline::PacketBuf for Mbuf {
+    #[inline]
+    fn data(&self) -> &[u8] {
+        Mbuf::data(self)
+    }
+
+    #[inline]
+    fn data_mut(&mut self) -> &mut [u8] {
+        Mbuf::data_mut(self)
+    }
+
+    #[inline]
+    fn prepend(&mut self, n: usize) -> Option<&mut [u8]> {
+        let n = u16::try_from(n).ok()?;
+        Mbuf::prepend(self, n).ok()
+    }
+
+    #[inline]
+    fn adj(&mut self, n: usize) -> bool {
+        u16::try_from(n).is_ok_and(|n| Mbuf::adj(self, n).is_ok())
+    }
+}

@@ -41,3 +41,5 @@ pub fn payload(seq: u64, min: usize, out: &mut Vec<u8>) {
     let base = seq.to_le_bytes()[0];
     out.extend((8..len).map(|i| base.wrapping_add(i.to_le_bytes()[0])));
 }
+
+pub mod lb;
