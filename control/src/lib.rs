@@ -1,2 +1,11 @@
-//! The Sluice control daemon (grown by the control-daemon issue).
+//! The Sluice control daemon. This slice owns the static TOML config ([`config`]), the diff
+//! and stable ids that turn it into table publications ([`publisher`]), and the task that
+//! publishes into the dataplane's shared region and reloads on SIGHUP ([`daemon`]).
+//!
+//! Guarantee: a config reaches the dataplane only after it validated completely, and only the
+//! services that changed are rewritten.
 #![forbid(unsafe_code)]
+
+pub mod config;
+pub mod daemon;
+pub mod publisher;

@@ -1,0 +1,112 @@
+//! `sluice-control`: reads the static config, publishes its services into the shared table
+//! region the dataplane maps, reloads on SIGHUP, and exits on SIGTERM/SIGINT leaving the
+//! region published (the dataplane keeps forwarding).
+//!
+//! Exit codes: 0 clean stop (or `--check` passed), 1 runtime failure, 64 invalid config.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use sluice_control::config::Config;
+use sluice_control::daemon::{Clock, Daemon};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+
+/// Exit code for an invalid config (`EX_USAGE`).
+const EX_CONFIG: u8 = 64;
+
+/// The Sluice control daemon: publishes the configured services to the dataplane.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Opt {
+    /// Config file (TOML).
+    #[arg(short, long, default_value = "/etc/sluice/control.toml")]
+    config: PathBuf,
+    /// Validate the config and exit (0 valid, 64 invalid).
+    #[arg(short = 't', long)]
+    check: bool,
+    /// Heartbeat and reclaim period, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    tick_ms: u64,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let opt = Opt::parse();
+    let desired = match Config::load(&opt.config) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("sluice-control: invalid config: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    if opt.check {
+        println!(
+            "sluice-control: {} is valid ({} services)",
+            opt.config.display(),
+            desired.services.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    match run(opt, desired).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice-control: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(opt: Opt, desired: sluice_control::config::Desired) -> anyhow::Result<()> {
+    // Signals first: SIGHUP's default action would kill us.
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+
+    let clock = Clock::new(tokio::time::Instant::now());
+    let region = desired.region.clone();
+    let (daemon, applied) = Daemon::start(opt.config.clone(), desired, clock).await?;
+    println!(
+        "sluice-control ready: {} services published at generation {} (region {region:?})",
+        applied.services,
+        applied.generation.get()
+    );
+    std::io::stdout().flush().context("stdout")?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+    let mut task = tokio::spawn(daemon.run(
+        reload_rx,
+        shutdown_rx,
+        Duration::from_millis(opt.tick_ms.max(1)),
+    ));
+    let result = loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!(config = %opt.config.display(), "SIGHUP: reloading");
+                // A full queue already holds a reload that will read the newest file.
+                let _ = reload_tx.try_send(());
+            }
+            _ = term.recv() => break Ok(()),
+            _ = int.recv() => break Ok(()),
+            r = &mut task => break r.context("table task").and(Err(anyhow::anyhow!("table task ended"))),
+        }
+    };
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    if !task.is_finished() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    result
+}

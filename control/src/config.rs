@@ -1,0 +1,1192 @@
+//! The static `sluice-control` config file (TOML) and its complete validation.
+//!
+//! Contract: [`Config::load`] / [`Config::parse`] either return a [`Desired`] state in which
+//! every rule below holds, or the **first** violation as a [`ConfigError`] naming the file, the
+//! field (`services[1].backends[2].mac`; indices are 0-based, in file order) and the reason.
+//! Nothing is touched before validation has passed, so a bad file never changes what runs.
+//! Syntax and schema errors (bad TOML, unknown field, wrong type) come from the TOML parser and
+//! name the line and column instead of a field path.
+//!
+//! Rules checked (beyond the schema):
+//! - `node.name` non-empty; `node.ipv4` / `node.ipv6` parse as addresses of that family;
+//! - `tables.*` form a valid region [`Capacity`];
+//! - pool names are unique and non-empty; every pool address is a CIDR (`10.0.0.0/24`, host
+//!   bits zero) or a range (`10.0.0.10-10.0.0.20`, one family, first ≤ last);
+//! - service names are unique and non-empty, keys `(vip, port, protocol)` are unique, `port`
+//!   is 1–65535, `protocol`/`mode` are known, `table_size` is one of [`MAGLEV_SIZES`];
+//! - when any pool is configured, every VIP lies in some pool;
+//! - a service has at least one backend and at most [`MAX_BACKENDS`]; no more active backends
+//!   than `table_size` entries;
+//! - backend names are unique within their service; `address` parses; in `nat` and `dsr` modes
+//!   its family matches the VIP's; `port` other than the service port is allowed in `nat`
+//!   mode only (the other modes do not rewrite ports); `mac` is a unicast, non-zero
+//!   `aa:bb:cc:dd:ee:ff`; `weight` ≥ 1; `state` is `active` or `draining`;
+//! - the services fit the region: at most `max_services`, and twice the sum of their arena
+//!   blocks fits `arena_mb` (an update needs the new block while the old one waits for acks).
+//!
+//! **Weight and draining.** `weight = 0` is refused: it would silently mean "draining" without
+//! saying so. To stop new flows to a backend, set `state = "draining"`: it stays in the
+//! backend list (so established flows keep it through conntrack) and is given Maglev weight 0,
+//! so it owns no table entries; its configured weight is kept for when it returns to `active`.
+//! A service whose backends all drain accepts no new flows.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+use serde::Deserialize;
+use sluice_dataplane::maglev::{MAGLEV_SIZES, MAX_BACKENDS, TableSize};
+use sluice_dataplane::tables::layout::Geometry;
+use sluice_dataplane::tables::{BackendState, Capacity, Mode, Proto, ServiceKey};
+
+/// Why a config was refused. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The file.
+        file: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not TOML, or not this schema (unknown field, wrong type, missing required field).
+    #[error("{file}: {location}: {reason}")]
+    Syntax {
+        /// The file.
+        file: String,
+        /// `line L, column C` when the parser knows it, else `(document)`.
+        location: String,
+        /// The parser's message.
+        reason: String,
+    },
+    /// A field has a value the rules refuse.
+    #[error("{file}: {field}: {reason}")]
+    Invalid {
+        /// The file.
+        file: String,
+        /// The field's path, e.g. `services[1].backends[2].mac`.
+        field: String,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// The field path (for [`ConfigError::Invalid`]) or the location (for
+    /// [`ConfigError::Syntax`]); empty for [`ConfigError::Read`].
+    #[must_use]
+    pub fn field(&self) -> &str {
+        match self {
+            Self::Read { .. } => "",
+            Self::Syntax { location, .. } => location,
+            Self::Invalid { field, .. } => field,
+        }
+    }
+}
+
+// === The file schema ===
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node's identity. Required.
+    pub node: NodeSection,
+    /// The shared table region. Default: all of [`TablesSection`]'s defaults.
+    #[serde(default)]
+    pub tables: TablesSection,
+    /// Address pools VIPs must come from. Default: none (then any VIP is accepted).
+    #[serde(default)]
+    pub pools: Vec<PoolSection>,
+    /// The services. Default: none.
+    #[serde(default)]
+    pub services: Vec<ServiceSection>,
+}
+
+/// `[node]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// The node's stable name (e.g. its hostname). Required, non-empty.
+    pub name: String,
+    /// The node's own IPv4 address (the dataplane's NAT source; later the BGP router id).
+    /// Optional; no default.
+    #[serde(default)]
+    pub ipv4: Option<String>,
+    /// The node's own IPv6 address. Optional; no default.
+    #[serde(default)]
+    pub ipv6: Option<String>,
+}
+
+/// `[tables]`: the shared region control creates (an existing region keeps its own size).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TablesSection {
+    /// Region name; must match the dataplane's `tables`. Default `"sluice"`.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Services the region can hold. Default 1024.
+    #[serde(default = "default_max_services")]
+    pub max_services: u32,
+    /// Dataplane workers that can attach at once. Default 64.
+    #[serde(default = "default_max_workers")]
+    pub max_workers: u32,
+    /// Directory slots (generations in flight + 1), at least 2. Default 4.
+    #[serde(default = "default_dir_slots")]
+    pub dir_slots: u32,
+    /// Arena for backend lists and Maglev tables, in MiB. Default 64.
+    #[serde(default = "default_arena_mb")]
+    pub arena_mb: u32,
+}
+
+impl Default for TablesSection {
+    fn default() -> Self {
+        Self {
+            region: default_region(),
+            max_services: default_max_services(),
+            max_workers: default_max_workers(),
+            dir_slots: default_dir_slots(),
+            arena_mb: default_arena_mb(),
+        }
+    }
+}
+
+fn default_region() -> String {
+    "sluice".into()
+}
+fn default_max_services() -> u32 {
+    1024
+}
+fn default_max_workers() -> u32 {
+    64
+}
+fn default_dir_slots() -> u32 {
+    4
+}
+fn default_arena_mb() -> u32 {
+    64
+}
+
+/// `[[pools]]`: addresses VIPs may use (parsed and checked; allocation comes later).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSection {
+    /// Unique pool name. Required.
+    pub name: String,
+    /// CIDRs (`"10.90.0.96/27"`, host bits zero) and inclusive ranges
+    /// (`"10.90.0.100-10.90.0.110"`), IPv4 or IPv6. Required, non-empty.
+    pub addresses: Vec<String>,
+}
+
+/// `[[services]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    /// Stable, unique name: the service's identity across reloads (its `ServiceId` derives from
+    /// it). Required.
+    pub name: String,
+    /// The virtual IP, IPv4 or IPv6. Required.
+    pub vip: String,
+    /// The service port, 1–65535. Required.
+    pub port: u16,
+    /// `"tcp"` or `"udp"`. Default `"tcp"`.
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    /// `"nat"` (full NAT), `"dsr"` (L2 direct server return), `"ipip"` or `"gue"`
+    /// (encapsulation). Default `"nat"`.
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// Maglev table size `M` in entries: one of [`MAGLEV_SIZES`]. Default 65537. Changing it
+    /// moves nearly every new flow.
+    #[serde(default = "default_table_size")]
+    pub table_size: u32,
+    /// The backends (at least one).
+    pub backends: Vec<BackendSection>,
+}
+
+fn default_protocol() -> String {
+    "tcp".into()
+}
+fn default_mode() -> String {
+    "nat".into()
+}
+fn default_table_size() -> u32 {
+    TableSize::DEFAULT.get()
+}
+
+/// `[[services.backends]]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSection {
+    /// Stable name, unique in the service: the Maglev hash input (the same on every node) and
+    /// the source of its `BackendId`. Required.
+    pub name: String,
+    /// The backend's address. Required.
+    pub address: String,
+    /// Destination port after NAT. Absent or 0: the service port (the dataplane keeps the
+    /// client's destination port). Only `nat` mode may name another port.
+    #[serde(default)]
+    pub port: u16,
+    /// The backend's MAC on the LB's L2 segment, `"aa:bb:cc:dd:ee:ff"`. Required (no
+    /// neighbour resolution yet).
+    pub mac: String,
+    /// Relative Maglev weight, ≥ 1. Default 1.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// `"active"` (gets new flows) or `"draining"` (keeps established flows only; Maglev
+    /// weight 0). Default `"active"`.
+    #[serde(default = "default_state")]
+    pub state: String,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+fn default_state() -> String {
+    "active".into()
+}
+
+// === The validated result ===
+
+/// A validated config: what control should publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    /// The node's name.
+    pub node: String,
+    /// The region name.
+    pub region: String,
+    /// The region capacity (used when the region does not exist yet).
+    pub capacity: Capacity,
+    /// The pools, by name.
+    pub pools: BTreeMap<String, Vec<AddressBlock>>,
+    /// The services, by name (sorted, so that everything derived is input-order independent).
+    pub services: BTreeMap<String, ServiceDef>,
+}
+
+/// A validated service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceDef {
+    /// What packets match.
+    pub key: ServiceKey,
+    /// Forwarding mode.
+    pub mode: Mode,
+    /// Maglev table size.
+    pub table_size: TableSize,
+    /// Backends, sorted by name (unique).
+    pub backends: Vec<BackendDef>,
+}
+
+/// A validated backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendDef {
+    /// Stable name (Maglev input).
+    pub name: String,
+    /// Address.
+    pub addr: IpAddr,
+    /// Port after NAT; 0 keeps the destination port.
+    pub port: u16,
+    /// Destination MAC.
+    pub mac: [u8; 6],
+    /// Configured weight (≥ 1).
+    pub weight: u32,
+    /// `Active` or `Draining`.
+    pub state: BackendState,
+}
+
+impl BackendDef {
+    /// The weight given to Maglev: 0 while draining, else the configured one.
+    #[must_use]
+    pub fn maglev_weight(&self) -> u32 {
+        if self.state == BackendState::Active {
+            self.weight
+        } else {
+            0
+        }
+    }
+}
+
+/// One pool entry: an inclusive address range (a CIDR is stored as its range).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddressBlock {
+    /// First address.
+    pub first: IpAddr,
+    /// Last address (same family as `first`, not below it).
+    pub last: IpAddr,
+}
+
+impl AddressBlock {
+    /// Whether `ip` lies in the block.
+    #[must_use]
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.first, self.last, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b), IpAddr::V4(x)) => a <= x && x <= b,
+            (IpAddr::V6(a), IpAddr::V6(b), IpAddr::V6(x)) => a <= x && x <= b,
+            _ => false,
+        }
+    }
+}
+
+// === impl Config ===
+
+impl Config {
+    /// Reads and validates `path`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] naming `path`, the field and the reason.
+    pub fn load(path: &Path) -> Result<Desired, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Self::parse(&text, &file)
+    }
+
+    /// Parses and validates `text`; `file` names it in errors.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Syntax`] or [`ConfigError::Invalid`].
+    pub fn parse(text: &str, file: &str) -> Result<Desired, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: file.to_owned(),
+            location: e.span().map_or_else(
+                || "(document)".to_owned(),
+                |s| {
+                    let (line, col) = line_col(text, s.start);
+                    format!("line {line}, column {col}")
+                },
+            ),
+            reason: e.message().to_owned(),
+        })?;
+        cfg.validate()
+            .map_err(|(field, reason)| ConfigError::Invalid {
+                file: file.to_owned(),
+                field,
+                reason,
+            })
+    }
+
+    /// Checks every rule (module docs) and derives the [`Desired`] state; the first violation
+    /// is returned as `(field, reason)`.
+    ///
+    /// # Errors
+    ///
+    /// The first violation.
+    pub fn validate(&self) -> Result<Desired, (String, String)> {
+        let node = &self.node;
+        if node.name.trim().is_empty() {
+            return Err(bad("node.name", "must not be empty"));
+        }
+        if let Some(a) = &node.ipv4 {
+            a.parse::<Ipv4Addr>()
+                .map_err(|_| bad("node.ipv4", format!("{a:?} is not an IPv4 address")))?;
+        }
+        if let Some(a) = &node.ipv6 {
+            a.parse::<Ipv6Addr>()
+                .map_err(|_| bad("node.ipv6", format!("{a:?} is not an IPv6 address")))?;
+        }
+
+        let t = &self.tables;
+        if t.region.is_empty() || t.region.contains('/') {
+            return Err(bad("tables.region", "must be a non-empty name without '/'"));
+        }
+        let capacity = Capacity {
+            max_services: t.max_services,
+            max_workers: t.max_workers,
+            dir_slots: t.dir_slots,
+            arena_bytes: u64::from(t.arena_mb) << 20,
+        };
+        Geometry::new(capacity).map_err(|e| bad("tables", e.to_string()))?;
+
+        let mut pools = BTreeMap::new();
+        for (i, p) in self.pools.iter().enumerate() {
+            let f = format!("pools[{i}]");
+            if p.name.trim().is_empty() {
+                return Err(bad(format!("{f}.name"), "must not be empty"));
+            }
+            if p.addresses.is_empty() {
+                return Err(bad(
+                    format!("{f}.addresses"),
+                    "must list at least one CIDR or range",
+                ));
+            }
+            let mut blocks = Vec::new();
+            for (j, a) in p.addresses.iter().enumerate() {
+                blocks.push(parse_block(a).map_err(|r| bad(format!("{f}.addresses[{j}]"), r))?);
+            }
+            if pools.insert(p.name.clone(), blocks).is_some() {
+                return Err(bad(
+                    format!("{f}.name"),
+                    format!("pool {:?} is defined twice", p.name),
+                ));
+            }
+        }
+
+        let mut services = BTreeMap::new();
+        let mut keys: BTreeMap<ServiceKey, usize> = BTreeMap::new();
+        let mut arena: u64 = 0;
+        for (i, s) in self.services.iter().enumerate() {
+            let f = format!("services[{i}]");
+            let def = validate_service(s, &f, &pools)?;
+            if let Some(j) = keys.insert(def.key, i) {
+                return Err(bad(
+                    format!("{f}.vip"),
+                    format!(
+                        "{}:{}/{} is already used by services[{j}]",
+                        s.vip, s.port, s.protocol
+                    ),
+                ));
+            }
+            arena = arena.saturating_add(block_bytes(&def));
+            if services.insert(s.name.clone(), def).is_some() {
+                return Err(bad(
+                    format!("{f}.name"),
+                    format!("service {:?} is defined twice", s.name),
+                ));
+            }
+        }
+        if services.len() > usize::try_from(t.max_services).unwrap_or(usize::MAX) {
+            return Err(bad(
+                "tables.max_services",
+                format!(
+                    "{} services configured, the region holds {}",
+                    services.len(),
+                    t.max_services
+                ),
+            ));
+        }
+        let need = arena.saturating_mul(2);
+        if need > capacity.arena_bytes {
+            return Err(bad(
+                "tables.arena_mb",
+                format!(
+                    "services need {} MiB (twice their tables, so updates fit), have {}",
+                    need.div_ceil(1 << 20),
+                    t.arena_mb
+                ),
+            ));
+        }
+        Ok(Desired {
+            node: node.name.clone(),
+            region: t.region.clone(),
+            capacity,
+            pools,
+            services,
+        })
+    }
+}
+
+fn bad(field: impl Into<String>, reason: impl Into<String>) -> (String, String) {
+    (field.into(), reason.into())
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |n| before.len() - n - 1)
+        + 1;
+    (line, col)
+}
+
+/// Arena bytes of one service version: 64 per backend, then `2·M`, rounded up to 64.
+fn block_bytes(s: &ServiceDef) -> u64 {
+    let n = u64::try_from(s.backends.len()).unwrap_or(u64::MAX);
+    let raw = n
+        .saturating_mul(64)
+        .saturating_add(2 * u64::from(s.table_size.get()));
+    raw.div_ceil(64).saturating_mul(64)
+}
+
+fn validate_service(
+    s: &ServiceSection,
+    f: &str,
+    pools: &BTreeMap<String, Vec<AddressBlock>>,
+) -> Result<ServiceDef, (String, String)> {
+    if s.name.trim().is_empty() {
+        return Err(bad(format!("{f}.name"), "must not be empty"));
+    }
+    let vip: IpAddr = s.vip.parse().map_err(|_| {
+        bad(
+            format!("{f}.vip"),
+            format!("{:?} is not an IP address", s.vip),
+        )
+    })?;
+    if vip.is_unspecified() || vip.is_multicast() || vip.is_loopback() {
+        return Err(bad(format!("{f}.vip"), format!("{vip} cannot be a VIP")));
+    }
+    if !pools.is_empty() && !pools.values().flatten().any(|b| b.contains(vip)) {
+        return Err(bad(
+            format!("{f}.vip"),
+            format!("{vip} is in no configured pool"),
+        ));
+    }
+    if s.port == 0 {
+        return Err(bad(format!("{f}.port"), "must be 1-65535"));
+    }
+    let proto = match s.protocol.as_str() {
+        "tcp" => Proto::Tcp,
+        "udp" => Proto::Udp,
+        other => {
+            return Err(bad(
+                format!("{f}.protocol"),
+                format!("{other:?}: expected \"tcp\" or \"udp\""),
+            ));
+        }
+    };
+    let mode = match s.mode.as_str() {
+        "nat" => Mode::Nat,
+        "dsr" => Mode::Dsr,
+        "ipip" => Mode::EncapIpip,
+        "gue" => Mode::EncapGue,
+        other => {
+            return Err(bad(
+                format!("{f}.mode"),
+                format!("{other:?}: expected \"nat\", \"dsr\", \"ipip\" or \"gue\""),
+            ));
+        }
+    };
+    let table_size = TableSize::try_new(s.table_size).map_err(|_| {
+        bad(
+            format!("{f}.table_size"),
+            format!("{} is not one of {MAGLEV_SIZES:?}", s.table_size),
+        )
+    })?;
+    if s.backends.is_empty() {
+        return Err(bad(
+            format!("{f}.backends"),
+            "at least one backend is required",
+        ));
+    }
+    if s.backends.len() > MAX_BACKENDS {
+        return Err(bad(
+            format!("{f}.backends"),
+            format!(
+                "{} backends exceed the limit of {MAX_BACKENDS}",
+                s.backends.len()
+            ),
+        ));
+    }
+    let mut names = BTreeSet::new();
+    let mut backends = Vec::with_capacity(s.backends.len());
+    for (j, b) in s.backends.iter().enumerate() {
+        let g = format!("{f}.backends[{j}]");
+        if b.name.trim().is_empty() {
+            return Err(bad(format!("{g}.name"), "must not be empty"));
+        }
+        if !names.insert(b.name.as_str()) {
+            return Err(bad(
+                format!("{g}.name"),
+                format!("backend {:?} appears twice in this service", b.name),
+            ));
+        }
+        let addr: IpAddr = b.address.parse().map_err(|_| {
+            bad(
+                format!("{g}.address"),
+                format!("{:?} is not an IP address", b.address),
+            )
+        })?;
+        if addr.is_unspecified() || addr.is_multicast() {
+            return Err(bad(
+                format!("{g}.address"),
+                format!("{addr} cannot be a backend"),
+            ));
+        }
+        if matches!(mode, Mode::Nat | Mode::Dsr) && addr.is_ipv4() != vip.is_ipv4() {
+            return Err(bad(
+                format!("{g}.address"),
+                format!(
+                    "{addr} is not of the VIP's family ({vip}); {} mode cannot translate",
+                    s.mode
+                ),
+            ));
+        }
+        if mode != Mode::Nat && b.port != 0 && b.port != s.port {
+            return Err(bad(
+                format!("{g}.port"),
+                format!(
+                    "{} mode does not rewrite ports; leave it out or set {}",
+                    s.mode, s.port
+                ),
+            ));
+        }
+        let mac = parse_mac(&b.mac).map_err(|r| bad(format!("{g}.mac"), r))?;
+        if b.weight == 0 {
+            return Err(bad(
+                format!("{g}.weight"),
+                "must be at least 1; to stop new flows set state = \"draining\"",
+            ));
+        }
+        let state = match b.state.as_str() {
+            "active" => BackendState::Active,
+            "draining" => BackendState::Draining,
+            other => {
+                return Err(bad(
+                    format!("{g}.state"),
+                    format!("{other:?}: expected \"active\" or \"draining\""),
+                ));
+            }
+        };
+        backends.push(BackendDef {
+            name: b.name.clone(),
+            addr,
+            port: if b.port == s.port { 0 } else { b.port },
+            mac,
+            weight: b.weight,
+            state,
+        });
+    }
+    let active = backends
+        .iter()
+        .filter(|b| b.state == BackendState::Active)
+        .count();
+    if active > table_size.as_usize() {
+        return Err(bad(
+            format!("{f}.backends"),
+            format!(
+                "{active} active backends do not fit a table of {table_size} entries; raise table_size"
+            ),
+        ));
+    }
+    backends.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(ServiceDef {
+        key: ServiceKey::new(vip, s.port, proto),
+        mode,
+        table_size,
+        backends,
+    })
+}
+
+/// `aa:bb:cc:dd:ee:ff` (hex, either case), unicast and not all zero.
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in &mut mac {
+        let p = parts
+            .next()
+            .filter(|p| p.len() == 2)
+            .ok_or_else(|| format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"))?;
+        *byte = u8::from_str_radix(p, 16)
+            .map_err(|_| format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"))?;
+    }
+    if parts.next().is_some() {
+        return Err(format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"));
+    }
+    if mac[0] & 1 == 1 {
+        return Err(format!("{s} is a multicast/broadcast address"));
+    }
+    if mac == [0; 6] {
+        return Err("the all-zero MAC is not a host".into());
+    }
+    Ok(mac)
+}
+
+/// A pool entry: `addr/prefix` (host bits zero) or `first-last`.
+fn parse_block(s: &str) -> Result<AddressBlock, String> {
+    let s = s.trim();
+    if let Some((a, p)) = s.split_once('/') {
+        let ip: IpAddr = a
+            .parse()
+            .map_err(|_| format!("{a:?} is not an IP address"))?;
+        let prefix: u8 = p
+            .parse()
+            .map_err(|_| format!("{p:?} is not a prefix length"))?;
+        return match ip {
+            IpAddr::V4(v4) => {
+                let host = u32::MAX.checked_shr(u32::from(prefix)).unwrap_or(0);
+                if prefix > 32 {
+                    return Err(format!("prefix /{prefix} is longer than 32"));
+                }
+                let bits = u32::from(v4);
+                if bits & host != 0 {
+                    return Err(format!("{s} has host bits set"));
+                }
+                Ok(AddressBlock {
+                    first: IpAddr::V4(Ipv4Addr::from(bits)),
+                    last: IpAddr::V4(Ipv4Addr::from(bits | host)),
+                })
+            }
+            IpAddr::V6(v6) => {
+                if prefix > 128 {
+                    return Err(format!("prefix /{prefix} is longer than 128"));
+                }
+                let host = u128::MAX.checked_shr(u32::from(prefix)).unwrap_or(0);
+                let bits = u128::from(v6);
+                if bits & host != 0 {
+                    return Err(format!("{s} has host bits set"));
+                }
+                Ok(AddressBlock {
+                    first: IpAddr::V6(Ipv6Addr::from(bits)),
+                    last: IpAddr::V6(Ipv6Addr::from(bits | host)),
+                })
+            }
+        };
+    }
+    if let Some((a, b)) = s.split_once('-') {
+        let first: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("{a:?} is not an IP address"))?;
+        let last: IpAddr = b
+            .trim()
+            .parse()
+            .map_err(|_| format!("{b:?} is not an IP address"))?;
+        let ordered = match (first, last) {
+            (IpAddr::V4(x), IpAddr::V4(y)) => x <= y,
+            (IpAddr::V6(x), IpAddr::V6(y)) => x <= y,
+            _ => return Err(format!("{s}: both ends must be of one family")),
+        };
+        if !ordered {
+            return Err(format!("{s}: the first address is above the last"));
+        }
+        return Ok(AddressBlock { first, last });
+    }
+    Err(format!(
+        "{s:?} is neither a CIDR (10.0.0.0/24) nor a range (10.0.0.1-10.0.0.9)"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../examples/sluice.toml");
+
+    fn check(text: &str) -> Result<Desired, ConfigError> {
+        Config::parse(text, "test.toml")
+    }
+
+    /// Applies `from → to` to the example and expects the first error at `field`.
+    fn rejects(from: &str, to: &str, field: &str, reason: &str) {
+        assert!(EXAMPLE.contains(from), "{from:?} not in the example");
+        let text = EXAMPLE.replacen(from, to, 1);
+        match check(&text) {
+            Err(e @ ConfigError::Invalid { .. }) => {
+                assert_eq!(e.field(), field, "{e}");
+                let msg = e.to_string();
+                assert!(msg.starts_with("test.toml: "), "{msg}");
+                assert!(msg.contains(reason), "{msg:?} lacks {reason:?}");
+            }
+            other => panic!("{from:?} → {to:?}: expected an error at {field}, got {other:?}"),
+        }
+    }
+
+    const SECOND: &str = r#"
+[[services]]
+name = "dns"
+vip = "10.90.0.101"
+port = 53
+protocol = "udp"
+mode = "dsr"
+table_size = 251
+
+[[services.backends]]
+name = "d1"
+address = "10.90.0.11"
+mac = "02:90:00:00:00:0b"
+"#;
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let d = check(EXAMPLE).expect("valid");
+        assert_eq!(d.node, "lb1");
+        assert_eq!(d.region, "sluice");
+        assert_eq!(d.capacity.max_services, 64);
+        assert_eq!(d.capacity.arena_bytes, 16 << 20);
+        let web = &d.services["web"];
+        assert_eq!(
+            web.key,
+            ServiceKey::new("10.90.0.100".parse().unwrap(), 8080, Proto::Tcp)
+        );
+        assert_eq!(web.mode, Mode::Nat);
+        assert_eq!(web.table_size, TableSize::DEFAULT);
+        let names: Vec<&str> = web.backends.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["b1", "b2", "b3"]);
+        assert_eq!(web.backends[2].mac, [2, 0x90, 0, 0, 0, 0x0d]);
+        assert_eq!((web.backends[0].port, web.backends[0].weight), (0, 1));
+        assert_eq!(web.backends[0].state, BackendState::Active);
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let d = check(
+            "[node]\nname = \"n\"\n[[services]]\nname = \"s\"\nvip = \"192.0.2.1\"\nport = 80\n\
+             [[services.backends]]\nname = \"a\"\naddress = \"192.0.2.10\"\nmac = \"02:00:00:00:00:01\"\n",
+        )
+        .expect("valid");
+        assert_eq!(d.region, "sluice");
+        assert_eq!(
+            d.capacity,
+            Capacity {
+                max_services: 1024,
+                max_workers: 64,
+                dir_slots: 4,
+                arena_bytes: 64 << 20
+            }
+        );
+        let s = &d.services["s"];
+        assert_eq!((s.mode, s.table_size), (Mode::Nat, TableSize::DEFAULT));
+        assert_eq!(
+            s.key,
+            ServiceKey::new("192.0.2.1".parse().unwrap(), 80, Proto::Tcp)
+        );
+    }
+
+    #[test]
+    fn backends_are_sorted_by_name_whatever_the_file_order() {
+        let text = EXAMPLE.replacen("name = \"b1\"", "name = \"zz\"", 1);
+        let d = check(&text).expect("valid");
+        let names: Vec<&str> = d.services["web"]
+            .backends
+            .iter()
+            .map(|b| b.name.as_str())
+            .collect();
+        assert_eq!(names, ["b2", "b3", "zz"]);
+    }
+
+    #[test]
+    fn syntax_and_schema_errors_name_file_and_line() {
+        let e = check(&EXAMPLE.replacen("port = 8080", "port = 8080\ncolour = 1", 1)).unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("test.toml: line 24, column 1: unknown field `colour`"),
+            "{msg}"
+        );
+        let e = check("[node\nname = 1").unwrap_err();
+        assert!(e.to_string().starts_with("test.toml: line 1"), "{e}");
+        let e = check(&EXAMPLE.replacen("port = 8080", "port = 70000", 1)).unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax { .. }), "{e:?}");
+        let e = Config::load(Path::new("/nonexistent/sluice.toml")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/sluice.toml: cannot read"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn node_and_tables_rules() {
+        rejects("name = \"lb1\"", "name = \" \"", "node.name", "empty");
+        rejects(
+            "ipv4 = \"10.90.0.3\"",
+            "ipv4 = \"fd90::3\"",
+            "node.ipv4",
+            "not an IPv4",
+        );
+        rejects(
+            "ipv6 = \"fd90::3\"",
+            "ipv6 = \"10.0.0.1\"",
+            "node.ipv6",
+            "not an IPv6",
+        );
+        rejects(
+            "region = \"sluice\"",
+            "region = \"a/b\"",
+            "tables.region",
+            "without '/'",
+        );
+        rejects("max_workers = 8", "max_workers = 0", "tables", "");
+        rejects("arena_mb = 16", "arena_mb = 0", "tables", "");
+        let two = format!("{EXAMPLE}{SECOND}").replacen("max_services = 64", "max_services = 1", 1);
+        let e = check(&two).unwrap_err();
+        assert_eq!(e.field(), "tables.max_services", "{e}");
+        assert!(
+            e.to_string()
+                .contains("2 services configured, the region holds 1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn arena_must_hold_every_table_twice() {
+        let text = EXAMPLE.replacen("arena_mb = 16", "arena_mb = 1", 1)
+            + &SECOND.replace("table_size = 251", "table_size = 655373");
+        let e = check(&text).unwrap_err();
+        assert_eq!(e.field(), "tables.arena_mb", "{e}");
+        assert!(e.to_string().contains("need 3 MiB"), "{e}");
+    }
+
+    #[test]
+    fn pool_rules() {
+        rejects("name = \"demo\"", "name = \"\"", "pools[0].name", "empty");
+        rejects(
+            "addresses = [\"10.90.0.96/28\", \"fd90::100-fd90::1ff\"]",
+            "addresses = []",
+            "pools[0].addresses",
+            "at least one",
+        );
+        rejects(
+            "\"10.90.0.96/28\"",
+            "\"10.90.0.97/28\"",
+            "pools[0].addresses[0]",
+            "host bits",
+        );
+        rejects(
+            "\"10.90.0.96/28\"",
+            "\"10.90.0.96/33\"",
+            "pools[0].addresses[0]",
+            "longer than 32",
+        );
+        rejects(
+            "\"10.90.0.96/28\"",
+            "\"10.90.0.x/28\"",
+            "pools[0].addresses[0]",
+            "not an IP",
+        );
+        rejects(
+            "\"fd90::100-fd90::1ff\"",
+            "\"fd90::1ff-fd90::100\"",
+            "pools[0].addresses[1]",
+            "above the last",
+        );
+        rejects(
+            "\"fd90::100-fd90::1ff\"",
+            "\"fd90::100-10.0.0.1\"",
+            "pools[0].addresses[1]",
+            "one family",
+        );
+        rejects(
+            "\"fd90::100-fd90::1ff\"",
+            "\"fd90::100\"",
+            "pools[0].addresses[1]",
+            "neither a CIDR",
+        );
+        let dup = EXAMPLE.replacen(
+            "[[services]]",
+            "[[pools]]\nname = \"demo\"\naddresses = [\"10.1.0.0/16\"]\n\n[[services]]",
+            1,
+        );
+        let e = check(&dup).unwrap_err();
+        assert_eq!(e.field(), "pools[1].name", "{e}");
+        // The VIP must be in a pool when pools exist …
+        rejects(
+            "\"10.90.0.96/28\"",
+            "\"10.90.0.96/30\"",
+            "services[0].vip",
+            "in no configured pool",
+        );
+        // … and may be anything when none do.
+        let start = EXAMPLE.find("[[pools]]").unwrap();
+        let end = EXAMPLE.find("[[services]]").unwrap();
+        let mut no_pools = EXAMPLE.to_owned();
+        no_pools.replace_range(start..end, "");
+        check(&no_pools.replacen("10.90.0.100", "192.0.2.1", 1)).expect("no pools: any VIP");
+    }
+
+    #[test]
+    fn service_rules() {
+        rejects("name = \"web\"", "name = \"\"", "services[0].name", "empty");
+        rejects(
+            "vip = \"10.90.0.100\"",
+            "vip = \"10.90.0.300\"",
+            "services[0].vip",
+            "not an IP",
+        );
+        rejects(
+            "vip = \"10.90.0.100\"",
+            "vip = \"0.0.0.0\"",
+            "services[0].vip",
+            "cannot be a VIP",
+        );
+        rejects("port = 8080", "port = 0", "services[0].port", "1-65535");
+        rejects(
+            "protocol = \"tcp\"",
+            "protocol = \"sctp\"",
+            "services[0].protocol",
+            "\"tcp\" or \"udp\"",
+        );
+        rejects(
+            "mode = \"nat\"",
+            "mode = \"tunnel\"",
+            "services[0].mode",
+            "\"gue\"",
+        );
+        rejects(
+            "table_size = 65537",
+            "table_size = 65536",
+            "services[0].table_size",
+            "not one of",
+        );
+        // More active backends than entries.
+        let mut many = EXAMPLE.replacen("table_size = 65537", "table_size = 251", 1);
+        for i in 0..251 {
+            many += &format!(
+                "[[services.backends]]\nname = \"x{i}\"\naddress = \"10.90.1.{}\"\nmac = \"02:00:00:00:01:{:02x}\"\n",
+                i % 250 + 1,
+                i % 256
+            );
+        }
+        let e = check(&many).unwrap_err();
+        assert_eq!(e.field(), "services[0].backends", "{e}");
+        assert!(
+            e.to_string()
+                .contains("254 active backends do not fit a table of 251"),
+            "{e}"
+        );
+        // No backends at all.
+        let start = EXAMPLE.find("[[services.backends]]").unwrap();
+        let e = check(&format!("{}backends = []\n", &EXAMPLE[..start])).unwrap_err();
+        assert_eq!(e.field(), "services[0].backends", "{e}");
+    }
+
+    #[test]
+    fn duplicate_service_names_and_keys_are_refused() {
+        let two = format!("{EXAMPLE}{SECOND}");
+        check(&two).expect("two distinct services");
+        let same_name = two.replacen("name = \"dns\"", "name = \"web\"", 1);
+        let e = check(&same_name).unwrap_err();
+        assert_eq!(e.field(), "services[1].name", "{e}");
+        let same_key = two
+            .replacen("vip = \"10.90.0.101\"", "vip = \"10.90.0.100\"", 1)
+            .replacen("port = 53", "port = 8080", 1)
+            .replacen("protocol = \"udp\"", "protocol = \"tcp\"", 1);
+        let e = check(&same_key).unwrap_err();
+        assert_eq!(e.field(), "services[1].vip", "{e}");
+        assert!(e.to_string().contains("already used by services[0]"), "{e}");
+        // Same VIP and port over the other protocol is another service.
+        check(
+            &two.replacen("vip = \"10.90.0.101\"", "vip = \"10.90.0.100\"", 1)
+                .replacen("port = 53", "port = 8080", 1),
+        )
+        .expect("tcp and udp on one port");
+    }
+
+    #[test]
+    fn backend_rules() {
+        rejects(
+            "name = \"b2\"",
+            "name = \"b1\"",
+            "services[0].backends[1].name",
+            "appears twice",
+        );
+        rejects(
+            "name = \"b2\"",
+            "name = \"\"",
+            "services[0].backends[1].name",
+            "empty",
+        );
+        rejects(
+            "address = \"10.90.0.12\"",
+            "address = \"10.90.0\"",
+            "services[0].backends[1].address",
+            "not an IP",
+        );
+        rejects(
+            "address = \"10.90.0.12\"",
+            "address = \"fd90::12\"",
+            "services[0].backends[1].address",
+            "family",
+        );
+        rejects(
+            "mac = \"02:90:00:00:00:0c\"",
+            "mac = \"02:90:00:00:00:0g\"",
+            "services[0].backends[1].mac",
+            "not a MAC",
+        );
+        rejects(
+            "mac = \"02:90:00:00:00:0c\"",
+            "mac = \"02:90:00:00:00:0c:00\"",
+            "services[0].backends[1].mac",
+            "not a MAC",
+        );
+        rejects(
+            "mac = \"02:90:00:00:00:0c\"",
+            "mac = \"ff:ff:ff:ff:ff:ff\"",
+            "services[0].backends[1].mac",
+            "multicast",
+        );
+        rejects(
+            "mac = \"02:90:00:00:00:0c\"",
+            "mac = \"00:00:00:00:00:00\"",
+            "services[0].backends[1].mac",
+            "all-zero",
+        );
+        rejects(
+            "mac = \"02:90:00:00:00:0c\"",
+            "mac = \"02:90:00:00:00:0c\"\nweight = 0",
+            "services[0].backends[1].weight",
+            "draining",
+        );
+        rejects(
+            "mac = \"02:90:00:00:00:0c\"",
+            "mac = \"02:90:00:00:00:0c\"\nstate = \"down\"",
+            "services[0].backends[1].state",
+            "\"draining\"",
+        );
+        // Missing MAC is a schema error.
+        let e = check(&EXAMPLE.replacen("mac = \"02:90:00:00:00:0c\"", "", 1)).unwrap_err();
+        assert!(e.to_string().contains("missing field `mac`"), "{e}");
+    }
+
+    #[test]
+    fn ports_and_families_depend_on_the_mode() {
+        let p = "mac = \"02:90:00:00:00:0c\"";
+        // NAT may rewrite the port; the service port itself means "keep" (0).
+        let d = check(&EXAMPLE.replacen(p, &format!("{p}\nport = 9090"), 1)).expect("nat port");
+        assert_eq!(d.services["web"].backends[1].port, 9090);
+        let d = check(&EXAMPLE.replacen(p, &format!("{p}\nport = 8080"), 1)).expect("same port");
+        assert_eq!(d.services["web"].backends[1].port, 0);
+        let dsr = EXAMPLE.replacen("mode = \"nat\"", "mode = \"dsr\"", 1);
+        rejects_in(
+            &dsr,
+            p,
+            &format!("{p}\nport = 9090"),
+            "services[0].backends[1].port",
+            "does not rewrite ports",
+        );
+        check(&dsr.replacen(p, &format!("{p}\nport = 8080"), 1)).expect("dsr, same port");
+        rejects_in(
+            &dsr,
+            "address = \"10.90.0.12\"",
+            "address = \"fd90::12\"",
+            "services[0].backends[1].address",
+            "family",
+        );
+        // Encapsulation may cross families.
+        let gue = EXAMPLE.replacen("mode = \"nat\"", "mode = \"gue\"", 1);
+        let d = check(&gue.replacen("address = \"10.90.0.12\"", "address = \"fd90::12\"", 1))
+            .expect("gue v6 outer");
+        assert_eq!(d.services["web"].mode, Mode::EncapGue);
+        let ipip = EXAMPLE.replacen("mode = \"nat\"", "mode = \"ipip\"", 1);
+        assert_eq!(
+            check(&ipip).expect("ipip").services["web"].mode,
+            Mode::EncapIpip
+        );
+    }
+
+    fn rejects_in(base: &str, from: &str, to: &str, field: &str, reason: &str) {
+        let e = check(&base.replacen(from, to, 1)).unwrap_err();
+        assert_eq!(e.field(), field, "{e}");
+        assert!(e.to_string().contains(reason), "{e}");
+    }
+
+    #[test]
+    fn draining_keeps_the_backend_with_maglev_weight_zero() {
+        let p = "mac = \"02:90:00:00:00:0d\"";
+        let d = check(&EXAMPLE.replacen(p, &format!("{p}\nweight = 3\nstate = \"draining\""), 1))
+            .expect("valid");
+        let b3 = &d.services["web"].backends[2];
+        assert_eq!(
+            (b3.state, b3.weight, b3.maglev_weight()),
+            (BackendState::Draining, 3, 0)
+        );
+        assert_eq!(d.services["web"].backends[0].maglev_weight(), 1);
+    }
+
+    #[test]
+    fn the_first_error_wins() {
+        let text = EXAMPLE.replacen("port = 8080", "port = 0", 1).replacen(
+            "mac = \"02:90:00:00:00:0b\"",
+            "mac = \"x\"",
+            1,
+        );
+        assert_eq!(check(&text).unwrap_err().field(), "services[0].port");
+    }
+}
