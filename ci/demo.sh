@@ -1,53 +1,21 @@
 #!/usr/bin/env bash
 # The README's run command: Sluice's main job on the embedded default.
 #
-# Foundation stage (the load-balancing demo arrives with the control daemon): it builds the
-# workspace's tools, reserves hugepages, builds a small namespace testbed (a veth pair inside a
-# namespace of its own) and moves real frames through Sluice's DPDK I/O layer: first over the
-# veth pair via net_af_packet, then over DPDK's in-memory net_null ports, printing packets per
-# second. Everything it creates is removed on exit, pass or fail. Needs root.
+# Installs what is missing (apt packages, hugepages), builds Sluice in release mode, then
+# `sluice-demo` builds a namespace testbed (a client, an LB node, three backends running real
+# HTTP servers), starts sluice-control (ci/demo/control.toml: a static config, two VIPs) and
+# sluice-dataplane (ci/demo/dataplane.toml: DPDK net_af_packet on the LB node's veth), sends
+# real connections from the client to the VIPs, checks every byte, and prints how they spread
+# over the backends. Everything it creates is removed on exit, pass or fail. Needs root.
+#
+# SLUICE_DEMO_CONNECTIONS sets connections per VIP (default 300).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECS=${SLUICE_DEMO_SECONDS:-3}
 
 echo "==> installing what is missing and reserving hugepages"
 ci/setup.sh
-echo "==> building (release)"
-cargo build --release -q -p sluice-bench --bin iofwd
-cargo build --release -q -p sluice-hugepages --bin sluice-hugepages
-BIN=$PWD/target/release
-
-echo "==> hugepages"
-"$BIN/sluice-hugepages" status
-
-NS=sl-demo-$$
-cleanup() { ip netns del "$NS" 2>/dev/null || true; }
-trap cleanup EXIT
-ip netns add "$NS"
-ip -n "$NS" link set lo up
-ip -n "$NS" link add va type veth peer name vb
-for i in va vb; do
-  ip netns exec "$NS" sysctl -qw "net.ipv6.conf.$i.disable_ipv6=1"
-  ip -n "$NS" link set "$i" up
-done
-echo "==> testbed: namespace $NS with veth pair va <-> vb"
-
-run() { # title, prefix, args...
-  local title=$1 prefix=$2; shift 2
-  local line
-  line=$($prefix "$BIN/iofwd" --lcore 1 --seconds "$SECS" "$@" 2>/dev/null | grep '^RESULT' || true)
-  if [ -z "$line" ]; then
-    echo "demo: $title produced no result" >&2
-    exit 1
-  fi
-  local mpps pkts
-  mpps=$(sed -n 's/.*mpps=\([0-9.]*\).*/\1/p' <<<"$line")
-  pkts=$(sed -n 's/.*packets=\([0-9]*\).*/\1/p' <<<"$line")
-  printf '  %-52s %12s packets  %8s Mpps\n' "$title" "$pkts" "$mpps"
-}
-
-echo "==> forwarding through Sluice's DPDK I/O layer for ${SECS}s per case (one core)"
-run "veth pair va<->vb via net_af_packet (128 frames)" "ip netns exec $NS" \
-  --vdev net_af_packet0,iface=va --vdev net_af_packet1,iface=vb --tx-first 4
-run "DPDK net_null ports (in-memory, no kernel)" "" --vdev net_null0 --vdev net_null1
-echo "==> done; namespace $NS removed"
+echo "==> building Sluice (release)"
+cargo build --release -q --locked -p sluice-dataplane --bin sluice-dataplane
+cargo build --release -q --locked -p sluice-control --bin sluice-control
+cargo build --release -q --locked -p sluice-testbed --bins
+exec target/release/sluice-demo ci/demo/control.toml ci/demo/dataplane.toml "${SLUICE_DEMO_CONNECTIONS:-300}"
