@@ -38,6 +38,12 @@ impl Drop for Lb {
 
 impl Lb {
     pub fn start(tb: &OneArm, tag: &str) -> Lb {
+        Lb::start_with(tb, tag, None)
+    }
+
+    /// [`Lb::start`], with an `[exception] device = …` (a `net_tap` devargs string) when
+    /// `exception` is given.
+    pub fn start_with(tb: &OneArm, tag: &str, exception: Option<&str>) -> Lb {
         let pid = std::process::id();
         let region = format!("e2e-{tag}-{pid}");
         let _ = Writer::remove(&region);
@@ -50,7 +56,7 @@ impl Lb {
         let writer =
             Writer::create(&region, cap, Backing::Shm, WriterOptions::default()).expect("region");
         let config = format!("/tmp/sluice-e2e-{tag}-{pid}.toml");
-        let (dataplane, _) = spawn_dataplane(tb, &region, &config);
+        let (dataplane, _) = spawn_dataplane_with(tb, &region, &config, exception);
         Lb {
             writer,
             region,
@@ -142,6 +148,17 @@ pub fn publish_service(
 /// Writes a dataplane config for the testbed's LB node using table region `region`, starts
 /// `sluice-dataplane` in the LB namespace and waits for its `ready` line (returned).
 pub fn spawn_dataplane(tb: &OneArm, region: &str, config: &str) -> (Proc, String) {
+    spawn_dataplane_with(tb, region, config, None)
+}
+
+/// [`spawn_dataplane`], with an exception port: `exception` is the `[exception] device`
+/// devargs (e.g. `net_tap0,iface=slhost`); the tap appears in the LB namespace.
+pub fn spawn_dataplane_with(
+    tb: &OneArm,
+    region: &str,
+    config: &str,
+    exception: Option<&str>,
+) -> (Proc, String) {
     let core = if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
         1
     } else {
@@ -165,9 +182,12 @@ ipv4 = "{}"
 ipv6 = "{}"
 [conntrack]
 capacity_per_worker = 65536
-"#,
+{}"#,
             addr::LB4,
-            addr::LB6
+            addr::LB6,
+            exception
+                .map(|d| format!("[exception]\ndevice = \"{d}\"\n"))
+                .unwrap_or_default()
         ),
     )
     .expect("config");
