@@ -32,13 +32,14 @@ fn servers(tb: &OneArm) -> Vec<Proc> {
         .expect("servers")
 }
 
-#[test]
-fn nat_mode_spreads_real_tcp_over_all_backends_v4_and_v6() {
-    let tb = OneArm::new("nat", 3, BackendMode::Nat).expect("testbed");
+/// Publishes one IPv4 and one IPv6 VIP in `mode` over all three backends and checks that 60
+/// real connections to each complete byte-exact and reach every backend.
+fn spreads_over_all_backends(tag: &str, backends: BackendMode, mode: Mode) {
+    let tb = OneArm::new(tag, 3, backends).expect("testbed");
     let _servers = servers(&tb);
-    let mut lb = Lb::start(&tb, "nat");
-    lb.publish(1, addr::VIP4, Mode::Nat, &[0, 1, 2]);
-    lb.publish(2, addr::VIP6, Mode::Nat, &[0, 1, 2]);
+    let mut lb = Lb::start(&tb, tag);
+    lb.publish(1, addr::VIP4, mode, &[0, 1, 2]);
+    lb.publish(2, addr::VIP6, mode, &[0, 1, 2]);
     let args = [
         "--connections",
         "60",
@@ -49,41 +50,24 @@ fn nat_mode_spreads_real_tcp_over_all_backends_v4_and_v6() {
         "--requests",
         "2",
     ];
-    let t4 = format!("{}:{PORT}", addr::VIP4);
-    let out = run_client(&tb.client, &t4, &args, Duration::from_secs(120))
-        .unwrap_or_else(|e| panic!("v4 client: {e}\n{}", lb.status()));
-    check_spread(&out, 60, 3);
-    let t6 = format!("[{}]:{PORT}", addr::VIP6);
-    let out = run_client(&tb.client, &t6, &args, Duration::from_secs(120))
-        .unwrap_or_else(|e| panic!("v6 client: {e}\n{}", lb.status()));
-    check_spread(&out, 60, 3);
+    for target in [
+        format!("{}:{PORT}", addr::VIP4),
+        format!("[{}]:{PORT}", addr::VIP6),
+    ] {
+        let out = run_client(&tb.client, &target, &args, Duration::from_secs(120))
+            .unwrap_or_else(|e| panic!("client to {target}: {e}\n{}", lb.status()));
+        check_spread(&out, 60, 3);
+    }
+}
+
+#[test]
+fn nat_mode_spreads_real_tcp_over_all_backends_v4_and_v6() {
+    spreads_over_all_backends("nat", BackendMode::Nat, Mode::Nat);
 }
 
 #[test]
 fn dsr_mode_spreads_real_tcp_over_all_backends_v4_and_v6() {
-    let tb = OneArm::new("dsr", 3, BackendMode::Dsr).expect("testbed");
-    let _servers = servers(&tb);
-    let mut lb = Lb::start(&tb, "dsr");
-    lb.publish(1, addr::VIP4, Mode::Dsr, &[0, 1, 2]);
-    lb.publish(2, addr::VIP6, Mode::Dsr, &[0, 1, 2]);
-    let args = [
-        "--connections",
-        "60",
-        "--size",
-        "3000",
-        "--concurrency",
-        "4",
-        "--requests",
-        "2",
-    ];
-    let t4 = format!("{}:{PORT}", addr::VIP4);
-    let out = run_client(&tb.client, &t4, &args, Duration::from_secs(120))
-        .unwrap_or_else(|e| panic!("v4 client: {e}\n{}", lb.status()));
-    check_spread(&out, 60, 3);
-    let t6 = format!("[{}]:{PORT}", addr::VIP6);
-    let out = run_client(&tb.client, &t6, &args, Duration::from_secs(120))
-        .unwrap_or_else(|e| panic!("v6 client: {e}\n{}", lb.status()));
-    check_spread(&out, 60, 3);
+    spreads_over_all_backends("dsr", BackendMode::Dsr, Mode::Dsr);
 }
 
 /// Long-lived connections opened while the service has two backends keep their backend when a
