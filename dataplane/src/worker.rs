@@ -199,7 +199,11 @@ fn handle(
     now: Tick,
 ) {
     match w.pipeline.process_from(port, &mut m, &w.tables, now) {
-        Verdict::Forward { service, bytes, .. } => {
+        Verdict::Forward {
+            service,
+            backend,
+            bytes,
+        } => {
             if let Some(c) = w
                 .tables
                 .service_counters()
@@ -207,6 +211,9 @@ fn handle(
             {
                 bump(&c.packets, 1);
                 bump(&c.bytes, u64::from(bytes));
+            }
+            if let Some(id) = backend {
+                w.tables.count_backend(service, id, u64::from(bytes));
             }
             push(&mut w.tx, out, extra, usize::from(port), m);
         }

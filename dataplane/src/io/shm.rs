@@ -33,8 +33,8 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::tables::alloc::Block;
 use crate::tables::layout::{
-    ABI_VERSION, BackendEntry, Capacity, CapacityError, DirHeader, Geometry, Header, MAGIC,
-    ServiceCounters, ServiceEntry, WorkerBlock,
+    ABI_VERSION, BACKEND_COUNTER_SLOTS, BackendCounters, BackendEntry, Capacity, CapacityError,
+    DirHeader, Geometry, Header, MAGIC, ServiceCounters, ServiceEntry, WorkerBlock,
 };
 
 /// Why a table region could not be created, opened, or read.
@@ -191,6 +191,11 @@ impl Mapping {
         h.workers_offset.store(geo.workers_offset, r);
         h.counters_offset.store(geo.counters_offset, r);
         h.counters_stride.store(geo.counters_stride, r);
+        h.backend_counters_offset
+            .store(geo.backend_counters_offset, r);
+        h.backend_counters_stride
+            .store(geo.backend_counters_stride, r);
+        h.backend_counter_slots.store(BACKEND_COUNTER_SLOTS, r);
         h.dir_offset.store(geo.dir_offset, r);
         h.dir_stride.store(geo.dir_stride, r);
         h.arena_offset.store(geo.arena_offset, r);
@@ -254,6 +259,11 @@ impl Mapping {
                 h.backend_entry_size.load(r),
                 size_u32::<BackendEntry>(),
             ),
+            (
+                "backend counter slots",
+                h.backend_counter_slots.load(r),
+                BACKEND_COUNTER_SLOTS,
+            ),
         ] {
             if found != expected {
                 return Err(mismatch(what, found.into(), expected.into()));
@@ -281,6 +291,16 @@ impl Mapping {
                 "counters stride",
                 h.counters_stride.load(r),
                 geo.counters_stride,
+            ),
+            (
+                "backend counters offset",
+                h.backend_counters_offset.load(r),
+                geo.backend_counters_offset,
+            ),
+            (
+                "backend counters stride",
+                h.backend_counters_stride.load(r),
+                geo.backend_counters_stride,
             ),
             ("directory offset", h.dir_offset.load(r), geo.dir_offset),
             ("directory stride", h.dir_stride.load(r), geo.dir_stride),
@@ -360,8 +380,30 @@ impl Mapping {
         if i >= self.geo.capacity.max_workers {
             return None;
         }
-        let offset = to_usize(self.geo.counters_of(i));
-        let n = to_usize(self.geo.capacity.max_services.into());
+        self.counters_at(
+            self.geo.counters_of(i),
+            self.geo.capacity.max_services.into(),
+        )
+    }
+
+    /// Worker `i`'s per-backend counters (`max_services · BACKEND_COUNTER_SLOTS` of them,
+    /// indexed by `directory index · BACKEND_COUNTER_SLOTS + counter slot`), or `None` when
+    /// `i ≥ max_workers`.
+    #[must_use]
+    pub fn backend_counters(&self, i: u32) -> Option<&[BackendCounters]> {
+        if i >= self.geo.capacity.max_workers {
+            return None;
+        }
+        self.counters_at(
+            self.geo.backend_counters_of(i),
+            u64::from(self.geo.capacity.max_services) * u64::from(BACKEND_COUNTER_SLOTS),
+        )
+    }
+
+    /// `n` counter pairs at `offset`, or `None` when they do not fit the mapping.
+    fn counters_at(&self, offset: u64, n: u64) -> Option<&[ServiceCounters]> {
+        let offset = usize::try_from(offset).ok()?;
+        let n = usize::try_from(n).ok()?;
         let end = offset.checked_add(n.checked_mul(size_of::<ServiceCounters>())?)?;
         if end > self.region.len() {
             return None;
@@ -545,6 +587,17 @@ impl Mapping {
     pub(crate) fn shared_worker(this: &Arc<Self>, i: u32) -> Option<Shared<WorkerBlock>> {
         Some(Shared {
             ptr: NonNull::from(this.worker(i)?),
+            map: Arc::clone(this),
+        })
+    }
+
+    /// Worker `i`'s backend counters, pinned with the mapping.
+    pub(crate) fn shared_backend_counters(
+        this: &Arc<Self>,
+        i: u32,
+    ) -> Option<Shared<[BackendCounters]>> {
+        Some(Shared {
+            ptr: NonNull::from(this.backend_counters(i)?),
             map: Arc::clone(this),
         })
     }

@@ -28,7 +28,7 @@ pub const MAGIC: u64 = u64::from_be_bytes(*b"SLUICEtb");
 /// The region format this build reads and writes. Any change to a struct below, the
 /// [`Geometry`] rules or the publication protocol bumps it; a dataplane that meets another
 /// version refuses the region ([`crate::io::shm::ShmError::AbiMismatch`]).
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Alignment of every arena block (backend array or Maglev table), in bytes: one cache line.
 pub const BLOCK_ALIGN: u64 = 64;
@@ -61,6 +61,14 @@ pub const MAX_TABLE_SIZE: u32 = 655_373;
 
 /// The largest backend count per service a reader accepts (`maglev::MAX_BACKENDS`).
 pub const MAX_BACKENDS: u32 = 65_534;
+
+/// Per-backend counter slots per service and worker (ABI version 2): a service's backends
+/// get stable counter slots `0..BACKEND_COUNTER_SLOTS` ([`BackendEntry::counter_slot`]);
+/// backends beyond that are not counted per backend (their service counters still are).
+pub const BACKEND_COUNTER_SLOTS: u32 = 64;
+
+/// [`BackendEntry::counter_slot`] of a backend that has no counter slot.
+pub const NO_COUNTER_SLOT: u16 = u16::MAX;
 
 /// The largest generation: generations share a `u64` with the slot index (56 bits).
 pub const MAX_GENERATION: u64 = (1 << 56) - 1;
@@ -199,16 +207,22 @@ pub struct Header {
     /// The published generation and its directory slot ([`pack_published`]). Control stores
     /// it with release after writing the slot; workers load it with acquire once per burst.
     pub published: AtomicU64,
-    /// Reserved, zero.
-    pub reserved0: [AtomicU64; 2],
+    /// [`Geometry::backend_counters_offset`].
+    pub backend_counters_offset: AtomicU64,
+    /// [`Geometry::backend_counters_stride`].
+    pub backend_counters_stride: AtomicU64,
     /// Bumped by control on every publication and reclaim pass; the dataplane may watch it.
     pub control_heartbeat: AtomicU64,
     /// Bumped each time a writer creates or attaches to the region (control restarts).
     pub writer_epoch: AtomicU64,
     /// PID of the last writer to attach (informational).
     pub writer_pid: AtomicU64,
+    /// [`BACKEND_COUNTER_SLOTS`] of the creator.
+    pub backend_counter_slots: AtomicU32,
     /// Reserved, zero.
-    pub reserved1: [AtomicU64; 13],
+    pub reserved0: AtomicU32,
+    /// Reserved, zero.
+    pub reserved1: [AtomicU64; 12],
 }
 
 const _: () = assert!(size_of::<Header>() == 256);
@@ -230,10 +244,13 @@ const _: () = assert!(offset_of!(Header, dir_offset) == 80);
 const _: () = assert!(offset_of!(Header, dir_stride) == 88);
 const _: () = assert!(offset_of!(Header, arena_offset) == 96);
 const _: () = assert!(offset_of!(Header, published) == 104);
+const _: () = assert!(offset_of!(Header, backend_counters_offset) == 112);
+const _: () = assert!(offset_of!(Header, backend_counters_stride) == 120);
 const _: () = assert!(offset_of!(Header, control_heartbeat) == 128);
 const _: () = assert!(offset_of!(Header, writer_epoch) == 136);
 const _: () = assert!(offset_of!(Header, writer_pid) == 144);
-const _: () = assert!(offset_of!(Header, reserved1) == 152);
+const _: () = assert!(offset_of!(Header, backend_counter_slots) == 152);
+const _: () = assert!(offset_of!(Header, reserved1) == 160);
 
 // === Worker block ===
 
@@ -301,6 +318,11 @@ pub struct ServiceCounters {
 }
 
 const _: () = assert!(size_of::<ServiceCounters>() == 16);
+
+/// One worker's counters for one backend counter slot of one service, indexed by
+/// `directory index · BACKEND_COUNTER_SLOTS + counter slot` (see [`BackendEntry::counter_slot`]):
+/// the same 16-byte `{packets, bytes}` pair, written by that worker only.
+pub type BackendCounters = ServiceCounters;
 const _: () = assert!(offset_of!(ServiceCounters, bytes) == 8);
 
 // === Directory ===
@@ -493,8 +515,15 @@ pub struct BackendEntry {
     pub flags: u8,
     /// Reserved, zero.
     pub reserved0: u8,
+    /// The backend's counter slot in its service's `BACKEND_COUNTER_SLOTS` per-backend
+    /// counters, or [`NO_COUNTER_SLOT`]. Chosen by control, stable while the backend stays in
+    /// the service, reused for another backend only after every live worker acked the
+    /// generation that removed it (and zeroed then).
+    pub counter_slot: u16,
     /// Reserved, zero.
-    pub reserved1: [u32; 3],
+    pub reserved1: u16,
+    /// Reserved, zero.
+    pub reserved2: [u32; 2],
 }
 
 const _: () = assert!(size_of::<BackendEntry>() == 64);
@@ -508,6 +537,8 @@ const _: () = assert!(offset_of!(BackendEntry, port) == 46);
 const _: () = assert!(offset_of!(BackendEntry, family) == 48);
 const _: () = assert!(offset_of!(BackendEntry, state) == 49);
 const _: () = assert!(offset_of!(BackendEntry, flags) == 50);
+const _: () = assert!(offset_of!(BackendEntry, counter_slot) == 52);
+const _: () = assert!(offset_of!(BackendEntry, reserved2) == 56);
 
 impl BackendEntry {
     /// The entry for `b`.
@@ -535,6 +566,7 @@ impl BackendEntry {
             family,
             state: b.state as u8,
             flags,
+            counter_slot: NO_COUNTER_SLOT,
             ..Self::default()
         }
     }
@@ -566,6 +598,13 @@ impl BackendEntry {
             return None;
         }
         decode_ip(self.family, self.next_hop)
+    }
+
+    /// The backend's counter slot, `None` when it has none or it is out of range.
+    #[inline]
+    #[must_use]
+    pub fn counter_slot(&self) -> Option<u16> {
+        (u32::from(self.counter_slot) < BACKEND_COUNTER_SLOTS).then_some(self.counter_slot)
     }
 
     /// The backend's state; an unknown byte reads as [`BackendState::Down`].
@@ -843,7 +882,9 @@ impl Default for Capacity {
 
 /// Where each part of a region lives, derived from a [`Capacity`] by fixed rules (part of the
 /// ABI): header at 0; worker blocks at 256; per-worker service counters after them, each
-/// worker's array padded to 128 bytes; directory slots after those, each
+/// worker's array padded to 128 bytes; per-worker backend counters
+/// (`16 · max_services · BACKEND_COUNTER_SLOTS` bytes each, padded to 128) after those;
+/// directory slots after those, each
 /// `64 + 64·max_services` bytes padded to 128; the arena at the next 4 KiB boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
@@ -855,6 +896,11 @@ pub struct Geometry {
     pub counters_offset: u64,
     /// Distance between two workers' counter arrays.
     pub counters_stride: u64,
+    /// Offset of the per-worker `BackendCounters[max_services · BACKEND_COUNTER_SLOTS]`
+    /// arrays.
+    pub backend_counters_offset: u64,
+    /// Distance between two workers' backend counter arrays.
+    pub backend_counters_stride: u64,
     /// Offset of directory slot 0.
     pub dir_offset: u64,
     /// Distance between two directory slots.
@@ -903,7 +949,12 @@ impl Geometry {
         let workers_offset = size_of::<Header>() as u64;
         let counters_offset = workers_offset + workers * size_of::<WorkerBlock>() as u64;
         let counters_stride = round_up(services * size_of::<ServiceCounters>() as u64, CACHE_PAD);
-        let dir_offset = counters_offset + workers * counters_stride;
+        let backend_counters_offset = counters_offset + workers * counters_stride;
+        let backend_counters_stride = round_up(
+            services * u64::from(BACKEND_COUNTER_SLOTS) * size_of::<BackendCounters>() as u64,
+            CACHE_PAD,
+        );
+        let dir_offset = backend_counters_offset + workers * backend_counters_stride;
         let dir_stride = round_up(
             size_of::<DirHeader>() as u64 + services * size_of::<ServiceEntry>() as u64,
             CACHE_PAD,
@@ -917,6 +968,8 @@ impl Geometry {
             workers_offset,
             counters_offset,
             counters_stride,
+            backend_counters_offset,
+            backend_counters_stride,
             dir_offset,
             dir_stride,
             arena_offset,
@@ -935,6 +988,12 @@ impl Geometry {
     #[must_use]
     pub fn counters_of(&self, i: u32) -> u64 {
         self.counters_offset + u64::from(i) * self.counters_stride
+    }
+
+    /// Offset of worker `i`'s backend counters.
+    #[must_use]
+    pub fn backend_counters_of(&self, i: u32) -> u64 {
+        self.backend_counters_offset + u64::from(i) * self.backend_counters_stride
     }
 
     /// Offset of directory slot `s`.
@@ -992,6 +1051,9 @@ mod tests {
         assert_eq!(g.workers_offset, 256);
         assert_eq!(g.counters_offset, 256 + 5 * 384);
         assert_eq!(g.counters_stride, 128);
+        assert_eq!(g.backend_counters_offset, 256 + 5 * 384 + 5 * 128);
+        assert_eq!(g.backend_counters_stride, 3 * 64 * 16);
+        assert_eq!(g.dir_offset, g.backend_counters_offset + 5 * 3 * 64 * 16);
         assert_eq!(g.dir_stride, 256);
         assert_eq!(g.dir_offset % CACHE_PAD, 0);
         assert_eq!(g.arena_offset % ARENA_ALIGN, 0);

@@ -3,10 +3,11 @@
 //! [`Writer`] control calls and the [`Tables`] / [`Worker`] the dataplane calls. The mapped
 //! memory itself is handled by [`crate::io::shm`]; nothing here dereferences a pointer.
 //!
-//! # Region layout (ABI version 1)
+//! # Region layout (ABI version 2)
 //!
 //! One named region (hugetlbfs, else `/dev/shm`), created by control. `W` = `max_workers`,
-//! `S` = `max_services`, `D` = `dir_slots`; every part starts aligned as shown.
+//! `S` = `max_services`, `D` = `dir_slots`,
+//! `B` = [`BACKEND_COUNTER_SLOTS`] (64); every part starts aligned as shown.
 //!
 //! ```text
 //!  offset             part                              size               written by
@@ -22,6 +23,9 @@
 //!                       switches, errors, drops[32]
 //!  ..                 ServiceCounters[S] per worker     16·S, pad to 128    worker i
 //!                       {packets, bytes} by dir index
+//!  ..                 BackendCounters[S·B] per worker   16·S·B, pad to 128  worker i
+//!                       {packets, bytes} by dir index ·                      (control zeroes
+//!                       B + BackendEntry.counter_slot                        retired slots)
 //!  ..                 Directory slot[D]                 64 + 64·S, pad 128  control, only while
 //!                       DirHeader {generation, count}                        no worker can read it
 //!                       ServiceEntry[S] {vip, port,
@@ -80,8 +84,21 @@
 //! per worker for the default 1024 services. Workers write them with [`bump`]; control sums
 //! them ([`Writer::workers`], [`Writer::service_totals`]). A removed service's index is
 //! reused only after every live worker acked its removal, and its counters are zeroed then.
-//! Per-backend counters are not in this ABI version; they would need a per-service array
-//! sized by its backend count, in the arena next to the table.
+//!
+//! Per-backend counters (ABI version 2): each worker also owns `S · B` [`BackendCounters`]
+//! (16 B each; 1 MiB per worker for the defaults), indexed by `dir index · B + counter slot`.
+//! Control gives each backend of a service a *counter slot* in `0..B`, stored in its
+//! [`BackendEntry::counter_slot`]: stable while the backend stays in the service (its Maglev
+//! position may change), so counts never move between backends. A removed backend's slot is
+//! *retired at* the generation that removed it and, like a directory index, zeroed and reused
+//! only after every live worker acked that generation ([`Writer::reclaim`]); a new backend
+//! meanwhile gets another free slot or none (`u16::MAX`: not counted per backend, still
+//! counted per service). A service's `B` slots are all zeroed when its directory index is
+//! freed. Workers map the pipeline's `BackendId` to the slot with [`Worker::count_backend`]
+//! (two binary searches, over services and over the service's `(id, slot)` pairs sorted at
+//! switch time; no allocation per packet); control sums with [`Writer::backend_totals`]. A
+//! re-attached writer recovers slots from the published backends and retires every other
+//! slot of a published service at the published generation.
 //!
 //! # Restarts
 //!
@@ -109,8 +126,9 @@ use std::time::Duration;
 
 pub use crate::io::shm::{Backing, ShmError};
 pub use layout::{
-    Backend, BackendEntry, BackendId, BackendState, Capacity, CapacityError, Generation, Mode,
-    Proto, ServiceCounters, ServiceEntry, ServiceId, ServiceKey, WorkerBlock,
+    BACKEND_COUNTER_SLOTS, Backend, BackendCounters, BackendEntry, BackendId, BackendState,
+    Capacity, CapacityError, Generation, Mode, Proto, ServiceCounters, ServiceEntry, ServiceId,
+    ServiceKey, WorkerBlock,
 };
 pub use reader::{ServiceView, Tables, Worker};
 pub use writer::{

@@ -10,9 +10,9 @@ use hashbrown::HashMap;
 
 use super::bump;
 use super::layout::{
-    BackendEntry, Capacity, Generation, Header, MAX_BACKENDS, MAX_TABLE_SIZE, Mode, OWNER_DEAD,
-    OWNER_FREE, OWNER_LIVE, ServiceCounters, ServiceEntry, ServiceId, ServiceKey, WorkerBlock,
-    pack_owner, unpack_owner, unpack_published,
+    BACKEND_COUNTER_SLOTS, BackendCounters, BackendEntry, BackendId, Capacity, Generation, Header,
+    MAX_BACKENDS, MAX_TABLE_SIZE, Mode, OWNER_DEAD, OWNER_FREE, OWNER_LIVE, ServiceCounters,
+    ServiceEntry, ServiceId, ServiceKey, WorkerBlock, pack_owner, unpack_owner, unpack_published,
 };
 use crate::io::shm::{Backing, Mapping, Shared, ShmError};
 use sluice_hugepages::Region;
@@ -127,6 +127,8 @@ impl Tables {
         let block = Mapping::shared_worker(&self.map, index).ok_or(busy)?;
         let counters =
             Mapping::shared_counters(&self.map, index).ok_or(ShmError::WorkerBusy { index })?;
+        let backend_counters = Mapping::shared_backend_counters(&self.map, index)
+            .ok_or(ShmError::WorkerBusy { index })?;
         let current = block.owner.load(Ordering::SeqCst);
         let (incarnation, state) = unpack_owner(current);
         if state == OWNER_LIVE && !takeover {
@@ -144,6 +146,7 @@ impl Tables {
             header: Mapping::shared_header(&self.map),
             block,
             counters,
+            backend_counters,
             map: Arc::clone(&self.map),
             index,
             owner,
@@ -185,6 +188,9 @@ pub struct ServiceView {
     m: u64,
     backends: Shared<[BackendEntry]>,
     table: Shared<[u16]>,
+    /// `(backend id, counter slot)` sorted by id, built at switch time: the per-packet
+    /// id → slot lookup is a binary search, no scan of the 64-byte entries.
+    slots: Arc<[(u32, u16)]>,
 }
 
 impl fmt::Debug for ServiceView {
@@ -210,6 +216,7 @@ impl ServiceView {
             m: self.m,
             backends: self.backends.clone(),
             table: self.table.clone(),
+            slots: Arc::clone(&self.slots),
         }
     }
 
@@ -261,6 +268,15 @@ impl ServiceView {
         &self.backends
     }
 
+    /// The counter slot of backend `id` ([`BackendEntry::counter_slot`]), `None` when the
+    /// service has no such backend or it has no slot. `O(log n)`, no allocation.
+    #[inline]
+    #[must_use]
+    pub fn counter_slot(&self, id: BackendId) -> Option<u16> {
+        let i = self.slots.binary_search_by_key(&id.0, |p| p.0).ok()?;
+        self.slots.get(i).map(|p| p.1)
+    }
+
     /// The Maglev table: `M` backend slots (or `u16::MAX` when empty).
     #[inline]
     #[must_use]
@@ -297,7 +313,13 @@ fn view_for(map: &Arc<Mapping>, index: u32, e: &ServiceEntry) -> Result<ServiceV
         .map_err(|_| "backends outside the arena")?;
     let table = Mapping::arena_slice::<u16>(map, e.table_offset, e.table_size)
         .map_err(|_| "table outside the arena")?;
+    let mut slots: Vec<(u32, u16)> = backends
+        .iter()
+        .filter_map(|b| Some((b.backend_id, b.counter_slot()?)))
+        .collect();
+    slots.sort_unstable();
     Ok(ServiceView {
+        slots: slots.into(),
         entry: *e,
         key,
         mode,
@@ -314,6 +336,7 @@ pub struct Worker {
     header: Shared<Header>,
     block: Shared<WorkerBlock>,
     counters: Shared<[ServiceCounters]>,
+    backend_counters: Shared<[BackendCounters]>,
     map: Arc<Mapping>,
     index: u32,
     owner: u64,
@@ -415,6 +438,37 @@ impl Worker {
         if let Some(c) = usize::try_from(view.index)
             .ok()
             .and_then(|i| self.counters.get(i))
+        {
+            bump(&c.packets, 1);
+            bump(&c.bytes, bytes);
+        }
+    }
+
+    /// This worker's per-backend counters, indexed by
+    /// `service index · BACKEND_COUNTER_SLOTS + counter slot`.
+    #[inline]
+    #[must_use]
+    pub fn backend_counters(&self) -> &[BackendCounters] {
+        &self.backend_counters
+    }
+
+    /// Counts one forwarded packet of `bytes` bytes for backend `backend` of the service at
+    /// directory index `service_index` (what the pipeline's `Verdict::Forward` carries).
+    /// Cost: a binary search of the views by index and one of the service's backends by id,
+    /// then two `Relaxed` load+stores; no allocation. Unknown services or backends, and
+    /// backends without a counter slot, are ignored.
+    #[inline]
+    pub fn count_backend(&self, service_index: u32, backend: BackendId, bytes: u64) {
+        let Ok(v) = self.views.binary_search_by_key(&service_index, |v| v.index) else {
+            return;
+        };
+        let Some(slot) = self.views.get(v).and_then(|v| v.counter_slot(backend)) else {
+            return;
+        };
+        let i = u64::from(service_index) * u64::from(BACKEND_COUNTER_SLOTS) + u64::from(slot);
+        if let Some(c) = usize::try_from(i)
+            .ok()
+            .and_then(|i| self.backend_counters.get(i))
         {
             bump(&c.packets, 1);
             bump(&c.bytes, bytes);

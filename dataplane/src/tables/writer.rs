@@ -2,20 +2,22 @@
 //! reclaims what every live worker has moved past, and reads worker heartbeats and counters.
 //! See the [module docs](super) for the protocol.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sluice_hugepages::{HugepageError, Region};
 use thiserror::Error;
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 use super::Tick;
 use super::alloc::Block;
 use super::layout::{
-    BACKEND_ENTRY_SIZE, Backend, BackendEntry, Capacity, DROP_REASONS, DirHeader, Generation,
-    Geometry, MAX_BACKENDS, Mode, OWNER_DEAD, OWNER_LIVE, ServiceEntry, ServiceId, ServiceKey,
-    WorkerBlock, pack_owner, pack_published, unpack_owner, unpack_published,
+    BACKEND_COUNTER_SLOTS, BACKEND_ENTRY_SIZE, Backend, BackendEntry, BackendId, Capacity,
+    DROP_REASONS, DirHeader, Generation, Geometry, MAX_BACKENDS, Mode, NO_COUNTER_SLOT, OWNER_DEAD,
+    OWNER_LIVE, ServiceEntry, ServiceId, ServiceKey, WorkerBlock, pack_owner, pack_published,
+    unpack_owner, unpack_published,
 };
 use super::ledger::{BeginError, Ledger, Shape};
 use super::liveness::{Liveness, Verdict};
@@ -245,6 +247,63 @@ pub struct Writer {
     ledger: Ledger,
     liveness: Liveness,
     shapes: Vec<Shape>,
+    /// Backend counter slots per directory index.
+    slots: HashMap<u32, CounterSlots>,
+}
+
+/// One service's backend counter slots (see [`BackendEntry::counter_slot`]).
+#[derive(Debug, Clone, Default)]
+struct CounterSlots {
+    used: HashMap<BackendId, u16>,
+    free: Vec<u16>,
+    /// Slots of removed backends, reusable (after zeroing) once every live worker acked the
+    /// generation.
+    retired: Vec<(Generation, u16)>,
+}
+
+impl CounterSlots {
+    fn new() -> Self {
+        Self {
+            free: (0..slot_count()).rev().collect(),
+            ..Self::default()
+        }
+    }
+
+    /// The slots for `backends` (by position) published at `generation`, and the state after.
+    fn assign(&self, backends: &[Backend], generation: Generation) -> (Vec<u16>, Self) {
+        let mut next = Self {
+            used: HashMap::new(),
+            free: self.free.clone(),
+            retired: self.retired.clone(),
+        };
+        let ids: HashSet<BackendId> = backends.iter().map(|b| b.id).collect();
+        for (&id, &slot) in &self.used {
+            if !ids.contains(&id) {
+                next.retired.push((generation, slot));
+            }
+        }
+        let out = backends
+            .iter()
+            .map(|b| {
+                if let Some(&s) = next.used.get(&b.id).or_else(|| self.used.get(&b.id)) {
+                    next.used.insert(b.id, s);
+                    return s;
+                }
+                match next.free.pop() {
+                    Some(s) => {
+                        next.used.insert(b.id, s);
+                        s
+                    }
+                    None => NO_COUNTER_SLOT,
+                }
+            })
+            .collect();
+        (out, next)
+    }
+}
+
+fn slot_count() -> u16 {
+    u16::try_from(BACKEND_COUNTER_SLOTS).unwrap_or(u16::MAX)
 }
 
 impl fmt::Debug for Writer {
@@ -391,12 +450,42 @@ impl Writer {
         h.writer_pid
             .store(u64::from(std::process::id()), Ordering::Relaxed);
         let liveness = Liveness::new(map.geometry().capacity.max_workers, options.dead_after);
+        // Counter slots of published backends stay theirs; every other slot of a published
+        // service may still be written by a worker on an older generation, so it is retired
+        // at the published one (zeroed and freed by the first reclaim after every ack).
+        let mut slots = HashMap::new();
+        for (index, e) in (0u32..).zip(ledger.entries()) {
+            if !e.in_use() {
+                continue;
+            }
+            let mut cs = CounterSlots::default();
+            let backends = super::ledger::entry_block(e)
+                .and_then(|b| map.arena_block(b))
+                .and_then(|bytes| bytes.get(..usize::try_from(e.backends_span()?.1).ok()?));
+            for chunk in backends
+                .unwrap_or_default()
+                .chunks_exact(size_of::<BackendEntry>())
+            {
+                if let Ok(b) = BackendEntry::read_from_bytes(chunk)
+                    && let Some(s) = b.counter_slot()
+                {
+                    cs.used.insert(b.id(), s);
+                }
+            }
+            let taken: HashSet<u16> = cs.used.values().copied().collect();
+            cs.retired = (0..slot_count())
+                .filter(|s| !taken.contains(s))
+                .map(|s| (ledger.generation(), s))
+                .collect();
+            slots.insert(index, cs);
+        }
         Self {
             map,
             _lock: lock,
             ledger,
             liveness,
             shapes: Vec::new(),
+            slots,
         }
     }
 
@@ -487,12 +576,20 @@ impl Writer {
             BeginError::Generations => PublishError::GenerationsExhausted,
         })?;
         // The new blocks were free: no worker reads them, so plain writes are fine.
+        let mut next_slots = Vec::new();
         let filled = changes
             .iter()
             .zip(&plan.writes)
             .try_for_each(|(c, w)| match (c, w) {
-                (ServiceUpdate::Upsert(s), Some((_, block))) => {
-                    write_block(&mut self.map, *block, s)
+                (ServiceUpdate::Upsert(s), Some((index, block))) => {
+                    let (assigned, next) = self
+                        .slots
+                        .get(index)
+                        .cloned()
+                        .unwrap_or_else(CounterSlots::new)
+                        .assign(s.backends, plan.generation);
+                    next_slots.push((*index, next));
+                    write_block(&mut self.map, *block, s, &assigned)
                 }
                 _ => Ok(()),
             });
@@ -532,6 +629,7 @@ impl Writer {
             Ordering::SeqCst,
         );
         self.ledger.commit(&self.shapes, plan);
+        self.slots.extend(next_slots);
         self.heartbeat();
         Ok(published)
     }
@@ -542,6 +640,35 @@ impl Writer {
     pub fn reclaim(&mut self, now: Tick) -> Reclaimed {
         let scan = self.scan(now, |_, _, _, _| {});
         let freed = self.ledger.reclaim(scan.safe);
+        // Backend counter slots retired at or below `safe`: no live worker writes them any
+        // more (all acked a generation where no backend holds them), so zero and free them.
+        let mut zero = Vec::new();
+        for (&index, cs) in &mut self.slots {
+            let (done, waiting) = cs.retired.iter().partition(|r| r.0 <= scan.safe);
+            let done: Vec<(Generation, u16)> = done;
+            cs.retired = waiting;
+            for (_, slot) in done {
+                zero.push((index, slot));
+                cs.free.push(slot);
+            }
+        }
+        for &index in &freed.indices {
+            self.slots.remove(&index);
+            zero.extend((0..slot_count()).map(|s| (index, s)));
+        }
+        for (index, slot) in zero {
+            let i = u64::from(index) * u64::from(BACKEND_COUNTER_SLOTS) + u64::from(slot);
+            for w in 0..self.map.geometry().capacity.max_workers {
+                if let Some(c) = self
+                    .map
+                    .backend_counters(w)
+                    .and_then(|c| c.get(usize::try_from(i).ok()?))
+                {
+                    c.packets.store(0, Ordering::Relaxed);
+                    c.bytes.store(0, Ordering::Relaxed);
+                }
+            }
+        }
         // A reused index starts its counters at zero. No live worker writes them any more:
         // all acked a generation without that service.
         for &index in &freed.indices {
@@ -637,6 +764,37 @@ impl Writer {
         t
     }
 
+    /// Packets and bytes of each published backend of the service at directory index `index`,
+    /// summed over every worker block (live and dead), sorted by backend id. Empty for an
+    /// unused index. Backends without a counter slot are left out.
+    #[must_use]
+    pub fn backend_totals(&self, index: u32) -> Vec<(BackendId, ServiceTotals)> {
+        let Some(cs) = self.slots.get(&index) else {
+            return Vec::new();
+        };
+        let mut out: Vec<(BackendId, ServiceTotals)> = cs
+            .used
+            .iter()
+            .map(|(&id, &slot)| {
+                let mut t = ServiceTotals::default();
+                let i = u64::from(index) * u64::from(BACKEND_COUNTER_SLOTS) + u64::from(slot);
+                for w in 0..self.map.geometry().capacity.max_workers {
+                    if let Some(c) = self
+                        .map
+                        .backend_counters(w)
+                        .and_then(|c| c.get(usize::try_from(i).ok()?))
+                    {
+                        t.packets = t.packets.wrapping_add(c.packets.load(Ordering::Relaxed));
+                        t.bytes = t.bytes.wrapping_add(c.bytes.load(Ordering::Relaxed));
+                    }
+                }
+                (id, t)
+            })
+            .collect();
+        out.sort_unstable_by_key(|p| p.0);
+        out
+    }
+
     /// One pass over the worker blocks: judges live ones at `now`, marks stale ones dead, and
     /// returns the lowest ack among the live (the published generation when none is).
     fn scan(
@@ -725,7 +883,12 @@ fn entry_for(s: &ServiceSpec<'_>) -> Result<ServiceEntry, PublishError> {
 }
 
 /// Fills a fresh block: backends in Maglev slot order, then the table, then zero padding.
-fn write_block(map: &mut Mapping, block: Block, s: &ServiceSpec<'_>) -> Result<(), PublishError> {
+fn write_block(
+    map: &mut Mapping,
+    block: Block,
+    s: &ServiceSpec<'_>,
+    counter_slots: &[u16],
+) -> Result<(), PublishError> {
     let bytes = map
         .arena_block_mut(block)
         .map_err(|_| PublishError::Region("arena block out of range"))?;
@@ -745,7 +908,9 @@ fn write_block(map: &mut Mapping, block: Block, s: &ServiceSpec<'_>) -> Result<(
             backends: s.backends.len(),
             table: s.table.backend_order().len(),
         })?;
-        dst.copy_from_slice(BackendEntry::new(b).as_bytes());
+        let mut e = BackendEntry::new(b);
+        e.counter_slot = counter_slots.get(i).copied().unwrap_or(NO_COUNTER_SLOT);
+        dst.copy_from_slice(e.as_bytes());
     }
     let table = s.table.as_slice().as_bytes();
     let (dst_table, pad) = rest

@@ -3,7 +3,7 @@
 //! is byte-for-byte the payload, and counts which backend (`X-Backend`) served each connection.
 //!
 //! Usage: `tb-client --target ADDR:PORT [--connections N] [--requests R] [--size BYTES]
-//!         [--concurrency C] [--timeout-ms MS] [--hold-ms MS]`
+//!         [--concurrency C] [--timeout-ms MS (default 10000)] [--hold-ms MS]`
 //!
 //! Prints one `conn I backend NAME ok|failed: reason` line per connection and a final
 //! `RESULT ok=N failed=M NAME=count …` line. Exits 0 only if every connection succeeded.
@@ -46,7 +46,7 @@ fn parse() -> Result<Opt, String> {
         requests: num("--requests", 1)?.max(1),
         size: num("--size", 1000)?,
         concurrency: num("--concurrency", 4)?.max(1),
-        timeout: Duration::from_millis(num("--timeout-ms", 5000)? as u64),
+        timeout: Duration::from_millis(num("--timeout-ms", 10000)? as u64),
         hold: Duration::from_millis(num("--hold-ms", 0)? as u64),
     })
 }
