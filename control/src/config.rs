@@ -10,6 +10,7 @@
 //! Rules checked (beyond the schema):
 //! - `node.name` non-empty; `node.ipv4` / `node.ipv6` parse as addresses of that family;
 //! - `tables.*` form a valid region [`Capacity`];
+//! - `metrics.listen` is an `ip:port` socket address with a non-zero port;
 //! - pool names are unique and non-empty; every pool address is a CIDR (`10.0.0.0/24`, host
 //!   bits zero) or a range (`10.0.0.10-10.0.0.20`, one family, first ≤ last);
 //! - service names are unique and non-empty, keys `(vip, port, protocol)` are unique, `port`
@@ -31,7 +32,7 @@
 //! A service whose backends all drain accepts no new flows.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
 use serde::Deserialize;
@@ -103,6 +104,31 @@ pub struct Config {
     /// The services. Default: none.
     #[serde(default)]
     pub services: Vec<ServiceSection>,
+    /// The Prometheus endpoint. Default: all of [`MetricsSection`]'s defaults.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// `[metrics]`: the Prometheus scrape endpoint (`GET /metrics`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Listen address, `ip:port` (IPv6 as `[::1]:9109`). Default `"127.0.0.1:9109"`.
+    /// Read at start-up only: a reload that changes it is refused.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: String,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9109".into()
 }
 
 /// `[node]`.
@@ -263,6 +289,8 @@ pub struct Desired {
     pub pools: BTreeMap<String, Vec<AddressBlock>>,
     /// The services, by name (sorted, so that everything derived is input-order independent).
     pub services: BTreeMap<String, ServiceDef>,
+    /// Where the metrics endpoint listens.
+    pub metrics: SocketAddr,
 }
 
 /// A validated service.
@@ -426,6 +454,16 @@ impl Config {
             }
         }
 
+        let metrics: SocketAddr = self.metrics.listen.parse().map_err(|_| {
+            bad(
+                "metrics.listen",
+                format!("{:?} is not an ip:port socket address", self.metrics.listen),
+            )
+        })?;
+        if metrics.port() == 0 {
+            return Err(bad("metrics.listen", "port must be 1-65535"));
+        }
+
         let mut services = BTreeMap::new();
         let mut keys: BTreeMap<ServiceKey, usize> = BTreeMap::new();
         let mut arena: u64 = 0;
@@ -476,6 +514,7 @@ impl Config {
             capacity,
             pools,
             services,
+            metrics,
         })
     }
 }
@@ -869,6 +908,47 @@ mac = "02:90:00:00:00:0b"
                 .starts_with("/nonexistent/sluice.toml: cannot read"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn metrics_listen_defaults_and_is_validated() {
+        assert_eq!(
+            check(EXAMPLE).expect("valid").metrics,
+            "127.0.0.1:9109".parse::<SocketAddr>().unwrap()
+        );
+        let base = EXAMPLE.replacen(
+            "[tables]",
+            "[metrics]\nlisten = \"[::1]:9200\"\n\n[tables]",
+            1,
+        );
+        assert_eq!(
+            check(&base).expect("valid").metrics,
+            "[::1]:9200".parse::<SocketAddr>().unwrap()
+        );
+        let f = "listen = \"[::1]:9200\"";
+        rejects_in(
+            &base,
+            f,
+            "listen = \"localhost:9109\"",
+            "metrics.listen",
+            "not an ip:port",
+        );
+        rejects_in(
+            &base,
+            f,
+            "listen = \"127.0.0.1\"",
+            "metrics.listen",
+            "not an ip:port",
+        );
+        rejects_in(
+            &base,
+            f,
+            "listen = \"127.0.0.1:0\"",
+            "metrics.listen",
+            "1-65535",
+        );
+        let e = check(&base.replacen(f, "port = 1", 1)).unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax { .. }), "{e:?}");
     }
 
     #[test]

@@ -9,17 +9,22 @@
 //!   the only contender is the local dataplane) for at most [`Daemon::retry_budget`], then
 //!   reported; the running set changes only when the publication succeeded;
 //! - time comes from the [`Clock`] `main` created; nothing here reads another clock;
-//! - on shutdown the region is left as it is, so the dataplane keeps forwarding.
+//! - on shutdown the region is left as it is, so the dataplane keeps forwarding;
+//! - the [`Writer`] stays single-owner: the metrics server gets counters by sending a
+//!   [`SnapshotRequest`] that [`Daemon::run`] answers with [`Daemon::snapshot`] between its
+//!   other duties; every publication's duration is observed in [`Daemon::publish_seconds`].
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use prometheus_client::metrics::histogram::Histogram;
 use sluice_dataplane::tables::{Generation, PublishError, ShmError, Tick, Writer, WriterOptions};
 use sluice_hugepages::Backing;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::config::{Config, ConfigError, Desired};
+use crate::metrics::{BackendSample, ServiceSample, Snapshot, SnapshotRequest};
 use crate::publisher::{Diff, Publisher, PublisherError};
 
 /// Why the table task failed.
@@ -83,6 +88,9 @@ pub struct Daemon {
     clock: Clock,
     /// How long a blocked publication is retried before it is reported. Default 5 s.
     pub retry_budget: Duration,
+    /// Seconds from the first attempt to publish a generation until the writer accepted it
+    /// (would-block retries included; acks are not awaited). Shared with the metrics server.
+    pub publish_seconds: Histogram,
 }
 
 // === impl Daemon ===
@@ -100,6 +108,7 @@ impl Daemon {
         config: PathBuf,
         desired: Desired,
         clock: Clock,
+        publish_seconds: Histogram,
     ) -> Result<(Self, Applied), DaemonError> {
         let writer = Writer::open_or_create(
             &desired.region,
@@ -128,6 +137,7 @@ impl Daemon {
             running: desired.clone(),
             clock,
             retry_budget: Duration::from_secs(5),
+            publish_seconds,
         };
         let applied = d.apply(&desired).await?;
         d.running = desired;
@@ -170,6 +180,8 @@ impl Daemon {
                 }
             };
             drop(updates);
+            self.publish_seconds
+                .observe(self.clock.now().saturating_since(start).as_secs_f64());
             published.generation
         };
         self.publisher.commit(prepared);
@@ -198,12 +210,58 @@ impl Daemon {
                 ),
             }));
         }
+        if desired.metrics != self.running.metrics {
+            tracing::warn!(
+                running = %self.running.metrics,
+                configured = %desired.metrics,
+                "metrics.listen changes take effect only after a restart"
+            );
+        }
         if desired.capacity != self.running.capacity {
             tracing::warn!("tables capacity changes take effect only when the region is recreated");
         }
         let applied = self.apply(&desired).await.map_err(ReloadError::Apply)?;
         self.running = desired;
         Ok(applied)
+    }
+
+    /// The region's counters now, labelled with the running config's names.
+    pub fn snapshot(&mut self) -> Snapshot {
+        let now = self.clock.now();
+        let workers = self.writer.workers(now);
+        let ids = self.publisher.ids();
+        let services = self
+            .publisher
+            .running()
+            .iter()
+            .filter_map(|(name, def)| {
+                let (index, _) = self.writer.service(&def.key)?;
+                let t = self.writer.service_totals(index);
+                let backends = self
+                    .writer
+                    .backend_totals(index)
+                    .into_iter()
+                    .map(|(id, b)| BackendSample {
+                        name: ids
+                            .backend_name(name, id)
+                            .map_or_else(|| format!("id:{}", id.0), str::to_owned),
+                        packets: b.packets,
+                        bytes: b.bytes,
+                    })
+                    .collect();
+                Some(ServiceSample {
+                    name: name.clone(),
+                    packets: t.packets,
+                    bytes: t.bytes,
+                    backends,
+                })
+            })
+            .collect();
+        Snapshot {
+            generation: self.writer.generation().get(),
+            services,
+            workers,
+        }
     }
 
     /// The periodic duty: bump the control heartbeat and free what workers moved past.
@@ -213,10 +271,12 @@ impl Daemon {
     }
 
     /// Runs until `shutdown` turns true (or its sender goes away): a reload per message on
-    /// `reloads`, [`Daemon::tick`] every `period`.
+    /// `reloads`, a [`Daemon::snapshot`] per request on `snapshots`, [`Daemon::tick`] every
+    /// `period`.
     pub async fn run(
         mut self,
         mut reloads: mpsc::Receiver<()>,
+        mut snapshots: mpsc::Receiver<SnapshotRequest>,
         mut shutdown: watch::Receiver<bool>,
         period: Duration,
     ) {
@@ -230,6 +290,10 @@ impl Daemon {
                     }
                 }
                 Some(()) = reloads.recv() => self.log_reload().await,
+                Some(reply) = snapshots.recv() => {
+                    // The scrape may have gone away; nothing to do then.
+                    let _ = reply.send(self.snapshot());
+                }
                 _ = interval.tick() => self.tick(),
             }
         }

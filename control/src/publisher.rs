@@ -130,6 +130,16 @@ impl Ids {
         BackendId(id)
     }
 
+    /// The name of the backend of service `service` with id `id`, if it is known.
+    #[must_use]
+    pub fn backend_name(&self, service: &str, id: BackendId) -> Option<&str> {
+        self.backends
+            .get(service)?
+            .iter()
+            .find(|&(_, &b)| b == id.0)
+            .map(|(name, _)| name.as_str())
+    }
+
     /// Forgets every service not in `keep` and every backend not in its service there.
     pub fn retain(&mut self, keep: &BTreeMap<String, ServiceDef>) {
         self.services.retain(|n, _| keep.contains_key(n));
@@ -482,8 +492,10 @@ mac = "02:90:00:00:00:0b"
         assert_eq!(free_id(5, &used), 7);
         assert_eq!(free_id(u32::MAX, &used), 2);
         assert_eq!(free_id(0, &BTreeSet::new()), 1);
-        // Backend ids are per service.
+        // Backend ids are per service, and map back to their names.
         let b = ids.backend("web", "b1");
+        assert_eq!(ids.backend_name("web", b), Some("b1"));
+        assert_eq!(ids.backend_name("nope", b), None);
         assert_eq!(ids.backend("other", "b1"), b);
         assert_eq!(ids.backend("web", "b1"), b);
     }

@@ -36,12 +36,25 @@ impl Drop for Cleanup {
     }
 }
 
+/// A free loopback port for control's metrics listener (fixed for the whole test), so that a
+/// concurrent control elsewhere on this host does not collide on the default 9109.
+fn metrics_port() -> u16 {
+    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *PORT.get_or_init(|| {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port()
+    })
+}
+
 fn control_config(region: &str, backends: usize, broken: bool) -> String {
     let mut s = format!(
-        "[node]\nname = \"lb1\"\nipv4 = \"{}\"\n\n[tables]\nregion = \"{region}\"\nmax_services = 16\nmax_workers = 4\narena_mb = 4\n\n\
+        "[node]\nname = \"lb1\"\nipv4 = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:{}\"\n\n[tables]\nregion = \"{region}\"\nmax_services = 16\nmax_workers = 4\narena_mb = 4\n\n\
          [[pools]]\nname = \"demo\"\naddresses = [\"10.90.0.96/28\"]\n\n\
          [[services]]\nname = \"web\"\nvip = \"{}\"\nport = {PORT}\nprotocol = \"tcp\"\nmode = \"nat\"\n",
         addr::LB4,
+        metrics_port(),
         addr::VIP4
     );
     for i in 0..backends {

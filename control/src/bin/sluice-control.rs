@@ -1,6 +1,7 @@
 //! `sluice-control`: reads the static config, publishes its services into the shared table
 //! region the dataplane maps, reloads on SIGHUP, and exits on SIGTERM/SIGINT leaving the
-//! region published (the dataplane keeps forwarding).
+//! region published (the dataplane keeps forwarding). Serves Prometheus metrics on
+//! `[metrics] listen` (`GET /metrics`).
 //!
 //! Exit codes: 0 clean stop (or `--check` passed), 1 runtime failure, 64 invalid config.
 
@@ -13,6 +14,7 @@ use anyhow::Context;
 use clap::Parser;
 use sluice_control::config::Config;
 use sluice_control::daemon::{Clock, Daemon};
+use sluice_control::metrics;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
@@ -76,9 +78,13 @@ async fn run(opt: Opt, desired: sluice_control::config::Desired) -> anyhow::Resu
 
     let clock = Clock::new(tokio::time::Instant::now());
     let region = desired.region.clone();
-    let (daemon, applied) = Daemon::start(opt.config.clone(), desired, clock).await?;
+    let listen = desired.metrics;
+    let listener = metrics::bind(listen).await?;
+    let publish_seconds = metrics::publish_histogram();
+    let (daemon, applied) =
+        Daemon::start(opt.config.clone(), desired, clock, publish_seconds.clone()).await?;
     println!(
-        "sluice-control ready: {} services published at generation {} (region {region:?})",
+        "sluice-control ready: {} services published at generation {} (region {region:?}, metrics on http://{listen}/metrics)",
         applied.services,
         applied.generation.get()
     );
@@ -86,10 +92,18 @@ async fn run(opt: Opt, desired: sluice_control::config::Desired) -> anyhow::Resu
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (reload_tx, reload_rx) = mpsc::channel(4);
+    let (snapshot_tx, snapshot_rx) = mpsc::channel(16);
     let mut task = tokio::spawn(daemon.run(
         reload_rx,
-        shutdown_rx,
+        snapshot_rx,
+        shutdown_rx.clone(),
         Duration::from_millis(opt.tick_ms.max(1)),
+    ));
+    let mut metrics_task = tokio::spawn(metrics::serve(
+        listener,
+        snapshot_tx,
+        publish_seconds,
+        shutdown_rx,
     ));
     let result = loop {
         tokio::select! {
@@ -101,12 +115,19 @@ async fn run(opt: Opt, desired: sluice_control::config::Desired) -> anyhow::Resu
             _ = term.recv() => break Ok(()),
             _ = int.recv() => break Ok(()),
             r = &mut task => break r.context("table task").and(Err(anyhow::anyhow!("table task ended"))),
+            r = &mut metrics_task => break r.context("metrics task").and(Err(anyhow::anyhow!("metrics task ended"))),
         }
     };
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
-    if !task.is_finished() {
-        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        if !task.is_finished() {
+            let _ = (&mut task).await;
+        }
+        if !metrics_task.is_finished() {
+            let _ = (&mut metrics_task).await;
+        }
+    })
+    .await;
     result
 }
