@@ -7,7 +7,7 @@ PACKAGES=(
   pkg-config libdpdk-dev dpdk dpdk-dev     # DPDK 22.11 headers, PMDs, dpdk-testpmd
   libclang1-14 libclang-common-14-dev      # bindgen (clang's builtin headers live in -common)
   iproute2 procps util-linux ethtool       # ip netns / veth, sysctl, unshare / setpriv, offloads
-  python3                                  # small test helpers
+  python3 curl                             # small test helpers; the demo reads /metrics
 )
 
 if [ "$(id -u)" != 0 ]; then

@@ -121,6 +121,26 @@ fn run(control: &Path, dataplane: &Path, conns: usize) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         spread(&title, &out)?;
     }
+    println!(
+        "==> a few of sluice-control's Prometheus metrics (GET http://127.0.0.1:9109/metrics on the LB node)"
+    );
+    match tb.lb.exec(
+        "curl",
+        &["-sf", "--max-time", "5", "http://127.0.0.1:9109/metrics"],
+    ) {
+        Ok(text) => {
+            for line in text.lines().filter(|l| {
+                l.starts_with("sluice_service_packets_total")
+                    || l.starts_with("sluice_backend_packets_total")
+                    || l.starts_with("sluice_table_generation")
+                    || l.starts_with("sluice_conntrack_entries")
+                    || (l.starts_with("sluice_dataplane_drops_total") && !l.ends_with(" 0"))
+            }) {
+                println!("    {line}");
+            }
+        }
+        Err(e) => println!("    (metrics not available: {e})"),
+    }
     println!("==> cleaning up (processes by PID, namespaces, table region)");
     Ok(())
 }
