@@ -605,6 +605,22 @@ pub struct Stats {
 
 type Table = HashTable<(FlowKey, Entry)>;
 
+/// A flow key and its hash under one [`ConnTrack`]'s hasher, made by
+/// [`ConnTrack::hash_key`] on that table and used only with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HashedKey {
+    key: FlowKey,
+    hash: u64,
+}
+
+impl HashedKey {
+    /// The key.
+    #[inline]
+    pub(crate) fn key(&self) -> &FlowKey {
+        &self.key
+    }
+}
+
 /// A worker's connection-tracking table. See the module docs for the contract.
 pub struct ConnTrack {
     /// The shards; a key lives in `tables[shard_of(hash)]`.
@@ -884,6 +900,52 @@ impl ConnTrack {
         now: Tick,
     ) -> Option<&mut Entry> {
         let hash = self.hasher.hash_one(key);
+        self.lookup_hashed(key, hash, flags, now)
+    }
+
+    /// `key` with its hash under this table's hasher, for
+    /// [`ConnTrack::prefetch`] and [`ConnTrack::lookup_tcp_hashed`]: the key is hashed once.
+    #[inline]
+    pub(crate) fn hash_key(&self, key: FlowKey) -> HashedKey {
+        HashedKey {
+            hash: self.hasher.hash_one(key),
+            key,
+        }
+    }
+
+    /// Reads the buckets `key` would be found in (control bytes, and the entry if stored),
+    /// without changing anything: a software prefetch in safe code. A burst issues one per
+    /// packet before its lookups, so the cache and TLB misses of independent flows overlap.
+    #[inline]
+    pub(crate) fn prefetch(&self, key: &HashedKey) {
+        let found = self
+            .tables
+            .get(shard_of(key.hash, self.nshards))
+            .and_then(|t| t.find(key.hash, |(k, _)| *k == key.key))
+            .is_some();
+        std::hint::black_box(found);
+    }
+
+    /// [`ConnTrack::lookup_tcp`] with the hash already computed by
+    /// [`ConnTrack::hash_key`] on this table.
+    #[inline]
+    pub(crate) fn lookup_tcp_hashed(
+        &mut self,
+        key: &HashedKey,
+        flags: TcpFlags,
+        now: Tick,
+    ) -> Option<&mut Entry> {
+        self.lookup_hashed(&key.key, key.hash, Some(flags), now)
+    }
+
+    #[inline]
+    fn lookup_hashed(
+        &mut self,
+        key: &FlowKey,
+        hash: u64,
+        flags: Option<TcpFlags>,
+        now: Tick,
+    ) -> Option<&mut Entry> {
         let idx = shard_of(hash, self.nshards);
         let flags = if key.proto() == IpProtocol::TCP {
             flags
