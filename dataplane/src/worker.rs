@@ -114,6 +114,7 @@ pub fn run(mut w: WorkerSetup) -> Pipeline {
     };
     let nports = w.rx.len();
     let mut rx_burst = MbufBurst::new();
+    let mut verdicts = [Verdict::Exception; crate::io::BURST];
     let mut out: Vec<MbufBurst> = (0..nports).map(|_| MbufBurst::new()).collect();
     let mut exc_out = MbufBurst::new();
     let mut backoff = Backoff {
@@ -137,8 +138,16 @@ pub fn run(mut w: WorkerSetup) -> Pipeline {
                 continue;
             }
             let port = u16::try_from(p).unwrap_or(u16::MAX);
-            for m in rx_burst.drain() {
-                handle(&mut w, &mut out, &mut exc_out, &mut extra, port, m, now);
+            // The staged burst path: parse and hash all, prefetch conntrack, then process.
+            let k = w.pipeline.process_burst(
+                port,
+                rx_burst.as_mut_slice(),
+                &mut verdicts,
+                &w.tables,
+                now,
+            );
+            for (m, &v) in rx_burst.drain().zip(verdicts[..k].iter()) {
+                dispatch(&mut w, &mut out, &mut exc_out, &mut extra, port, m, v);
             }
         }
         // Frames other workers handed over (NAT replies we own).
@@ -188,6 +197,7 @@ pub fn run(mut w: WorkerSetup) -> Pipeline {
     w.pipeline
 }
 
+/// Processes one frame on its own (frames handed over by another worker) and dispatches it.
 #[inline]
 fn handle(
     w: &mut WorkerSetup,
@@ -198,7 +208,22 @@ fn handle(
     mut m: Mbuf,
     now: Tick,
 ) {
-    match w.pipeline.process_from(port, &mut m, &w.tables, now) {
+    let v = w.pipeline.process_from(port, &mut m, &w.tables, now);
+    dispatch(w, out, exc_out, extra, port, m, v);
+}
+
+/// Sends a processed frame where its verdict says, counting what cannot be sent.
+#[inline]
+fn dispatch(
+    w: &mut WorkerSetup,
+    out: &mut [MbufBurst],
+    exc_out: &mut MbufBurst,
+    extra: &mut Extra,
+    port: u16,
+    m: Mbuf,
+    verdict: Verdict,
+) {
+    match verdict {
         Verdict::Forward {
             service,
             backend,
