@@ -12,20 +12,22 @@
 //! test (`cargo build -p sluice-dataplane --bin sluice-dataplane -p sluice-testbed --bins`).
 #![allow(clippy::disallowed_types)] // std::time::Instant: a test's own deadlines.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus_parse::{Scrape, Value};
 use sluice_dataplane::pipeline::DropReason;
 use sluice_dataplane::tables::Writer;
-use sluice_testbed::{BackendMode, OneArm, Proc, addr, bin_path, client_result, run_client};
+use sluice_testbed::{
+    BackendMode, OneArm, Proc, addr, bin_path, client_result, dataplane_test_config, run_client,
+};
 
 const PORT: u16 = 8080;
 const CONNECTIONS: usize = 40;
+/// `capacity_per_worker` in `sluice_testbed::dataplane_test_config`.
 const CONNTRACK: u64 = 65536;
 
 /// Files and the region, removed on drop.
@@ -62,27 +64,9 @@ fn control_config(region: &str, metrics_port: u16) -> String {
     s
 }
 
-/// Spawns `cmd` with stdout piped and waits for a line containing `ready`; returns it too.
+/// Spawns `cmd` and waits for its `ready` line (see `Proc::spawn_ready`).
 fn spawn_ready(what: &str, cmd: &mut Command, ready: &str) -> (Proc, String) {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped());
-    let mut p = Proc::spawn(what, cmd).expect("spawn");
-    let stdout = p.take_stdout().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    let tag = what.to_owned();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("[{tag}] {line}");
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(l) if l.contains(ready) => return (p, l),
-            Ok(_) => {}
-            Err(e) => panic!("{what} never printed {ready:?}: {e}"),
-        }
-    }
+    Proc::spawn_ready(what, cmd, ready, Duration::from_secs(60)).expect("ready")
 }
 
 /// `GET path` over plain HTTP/1.1; returns the status line and the body.
@@ -186,22 +170,7 @@ fn metrics_parse_and_match_the_traffic() {
         "other paths are 404"
     );
 
-    let core = if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
-        1
-    } else {
-        0
-    };
-    std::fs::write(
-        &dp_cfg,
-        format!(
-            "tables = \"{region}\"\ntables_wait_s = 10\n[eal]\nmemory = \"no-huge\"\nmemory_mb = 256\nmbufs = 8191\n\
-             [[ports]]\ndevice = \"net_af_packet0,iface=lb0\"\n[workers]\ncores = [{core}]\n\
-             [node]\nipv4 = \"{}\"\nipv6 = \"{}\"\n[conntrack]\ncapacity_per_worker = {CONNTRACK}\n",
-            addr::LB4,
-            addr::LB6
-        ),
-    )
-    .expect("dataplane config");
+    std::fs::write(&dp_cfg, dataplane_test_config(&region, None)).expect("dataplane config");
     let mut dp_cmd = tb.lb.command(&dataplane);
     dp_cmd
         .args(["--config".as_ref(), dp_cfg.as_os_str()])

@@ -562,3 +562,77 @@ pub fn client_result(
     }
     Some((ok?, failed?, per))
 }
+
+impl Proc {
+    /// Spawns `cmd` with stdout piped, echoes its lines as `[what] …`, and waits up to
+    /// `timeout` for a line containing `ready`, which it returns with the guard.
+    ///
+    /// # Errors
+    /// Spawn failure, or no such line in time (the process is then killed).
+    pub fn spawn_ready(
+        what: &str,
+        cmd: &mut Command,
+        ready: &str,
+        timeout: Duration,
+    ) -> io::Result<(Proc, String)> {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+        let mut p = Proc::spawn(what, cmd)?;
+        let stdout = p
+            .take_stdout()
+            .ok_or_else(|| io::Error::other("no stdout"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let tag = what.to_owned();
+        std::thread::spawn(move || {
+            for line in
+                std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok)
+            {
+                println!("[{tag}] {line}");
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + timeout;
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(l) if l.contains(ready) => return Ok((p, l)),
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("{what} never printed {ready:?}: {e}"),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The `sluice-dataplane` config the tests use on [`OneArm`]'s LB node: table region `region`,
+/// ordinary pages, `net_af_packet` on `lb0`, one worker (core 1 when there are two), the node
+/// addresses, and an optional exception device.
+pub fn dataplane_test_config(region: &str, exception: Option<&str>) -> String {
+    let core = usize::from(std::thread::available_parallelism().map_or(1, |n| n.get()) > 1);
+    let mut cfg = format!(
+        r#"tables = "{region}"
+tables_wait_s = 10
+[eal]
+memory = "no-huge"
+memory_mb = 256
+mbufs = 8191
+[[ports]]
+device = "net_af_packet0,iface=lb0"
+[workers]
+cores = [{core}]
+[node]
+ipv4 = "{}"
+ipv6 = "{}"
+[conntrack]
+capacity_per_worker = 65536
+"#,
+        addr::LB4,
+        addr::LB6
+    );
+    if let Some(dev) = exception {
+        cfg += &format!("[exception]\ndevice = \"{dev}\"\n");
+    }
+    cfg
+}

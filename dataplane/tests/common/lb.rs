@@ -2,10 +2,8 @@
 //! `sluice-dataplane` process in the testbed's LB namespace.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::net::IpAddr;
 use std::process::Stdio;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use sluice_dataplane::maglev::{MaglevBackend, TableSize, build};
@@ -14,7 +12,7 @@ use sluice_dataplane::tables::{
     ServiceSpec, ServiceUpdate, Tick, Writer, WriterOptions,
 };
 use sluice_hugepages::Backing;
-use sluice_testbed::{OneArm, Proc, addr};
+use sluice_testbed::{OneArm, Proc, addr, dataplane_test_config};
 
 /// The service port.
 pub const PORT: u16 = 8080;
@@ -159,58 +157,14 @@ pub fn spawn_dataplane_with(
     config: &str,
     exception: Option<&str>,
 ) -> (Proc, String) {
-    let core = if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
-        1
-    } else {
-        0
-    };
-    std::fs::write(
-        config,
-        format!(
-            r#"tables = "{region}"
-tables_wait_s = 10
-[eal]
-memory = "no-huge"
-memory_mb = 256
-mbufs = 8191
-[[ports]]
-device = "net_af_packet0,iface=lb0"
-[workers]
-cores = [{core}]
-[node]
-ipv4 = "{}"
-ipv6 = "{}"
-[conntrack]
-capacity_per_worker = 65536
-{}"#,
-            addr::LB4,
-            addr::LB6,
-            exception
-                .map(|d| format!("[exception]\ndevice = \"{d}\"\n"))
-                .unwrap_or_default()
-        ),
-    )
-    .expect("config");
+    std::fs::write(config, dataplane_test_config(region, exception)).expect("config");
     let mut cmd = tb.lb.command(env!("CARGO_BIN_EXE_sluice-dataplane"));
-    cmd.args(["--config", config])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut dataplane = Proc::spawn("sluice-dataplane", &mut cmd).expect("spawn dataplane");
-    let stdout = dataplane.take_stdout().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("[dataplane] {line}");
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) if l.contains("sluice-dataplane ready") => return (dataplane, l),
-            Ok(_) => {}
-            Err(e) => panic!("dataplane never became ready: {e}"),
-        }
-    }
+    cmd.args(["--config", config]).stderr(Stdio::inherit());
+    Proc::spawn_ready(
+        "dataplane",
+        &mut cmd,
+        "sluice-dataplane ready",
+        Duration::from_secs(60),
+    )
+    .expect("dataplane ready")
 }
