@@ -23,7 +23,7 @@ use crate::tables::{Worker as TablesWorker, bump};
 /// Packets a worker's inbox holds (NAT replies handed over by other workers).
 pub const INBOX_CAPACITY: usize = 4096;
 
-/// Conntrack buckets aged per loop.
+/// Conntrack buckets aged per idle loop (busy loops age inside `process_burst`).
 const AGE_BUDGET: usize = 64;
 
 /// Loops between copies of the pipeline counters into the shared worker block.
@@ -123,6 +123,8 @@ pub fn run(mut w: WorkerSetup) -> Pipeline {
     };
     let mut extra = Extra::default();
     let mut loops = 0u32;
+    // Our own handle on the inboxes, so popping ours does not borrow `w` (cloned once).
+    let inboxes = Arc::clone(&w.inboxes);
     tracing::info!(worker = w.index, core = ?w.core, ports = nports, "worker running");
 
     while !w.stop.load(Ordering::Relaxed) {
@@ -151,7 +153,6 @@ pub fn run(mut w: WorkerSetup) -> Pipeline {
             }
         }
         // Frames other workers handed over (NAT replies we own).
-        let inboxes = Arc::clone(&w.inboxes);
         if let Some(inbox) = inboxes.get(usize::from(w.index)) {
             let mut n = 0;
             while n < 32
@@ -178,7 +179,10 @@ pub fn run(mut w: WorkerSetup) -> Pipeline {
             extra.tx_packets += sent as u64;
             extra.tx_full += exc_out.clear() as u64;
         }
-        w.pipeline.age(now, AGE_BUDGET);
+        if got == 0 {
+            // `process_burst` ages the table with every burst; an idle loop ages it here.
+            w.pipeline.age(now, AGE_BUDGET);
+        }
         loops = loops.wrapping_add(1);
         if got == 0 {
             if backoff.idle == 0 || loops.is_multiple_of(PUBLISH_EVERY) {
