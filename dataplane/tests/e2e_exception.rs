@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use sluice_dataplane::pipeline::DropReason;
 use sluice_dataplane::tables::{Mode, Tick};
-use sluice_testbed::{BackendMode, Netns, OneArm, Proc, addr, bin_path, client_result};
+use sluice_testbed::{BackendMode, Netns, OneArm, Proc, addr, bin_path, client_result, run_client};
 
 use common::lb::{Lb, PORT};
 
@@ -105,39 +105,6 @@ fn host_server(tb: &OneArm) -> Proc {
     }
 }
 
-/// Runs `tb-client` in the client namespace against `target` on a thread.
-fn client(
-    tb: &OneArm,
-    target: String,
-    args: &'static [&'static str],
-) -> std::thread::JoinHandle<Result<String, String>> {
-    let ns = tb.client.name().to_owned();
-    let bin = bin_path("tb-client").expect("tb-client");
-    std::thread::spawn(move || {
-        let mut cmd = std::process::Command::new("ip");
-        cmd.args(["netns", "exec", &ns])
-            .arg(bin)
-            .args(["--target", &target])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let out = Proc::spawn("tb-client", &mut cmd)
-            .and_then(|p| p.wait_output(Duration::from_secs(120)))
-            .map_err(|e| format!("{target}: {e}"))?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() {
-            Ok(text)
-        } else {
-            Err(format!(
-                "{target} failed ({}):\n{text}\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    })
-}
-
 fn no_exception_port_drops(lb: &mut Lb) -> u64 {
     let now = Tick::from_duration(lb.start.elapsed());
     lb.writer
@@ -182,16 +149,28 @@ fn host_traffic_takes_the_exception_tap_while_vips_keep_forwarding() {
         "--requests",
         "2",
     ];
-    let host4 = client(&tb, format!("{HOST4}:{HOST_PORT}"), ARGS);
-    let host6 = client(&tb, format!("[{HOST6}]:{HOST_PORT}"), ARGS);
-    let vip4 = client(&tb, format!("{}:{PORT}", addr::VIP4), ARGS);
-    let vip6 = client(&tb, format!("[{}]:{PORT}", addr::VIP6), ARGS);
-    let results = [
-        ("host v4", host4.join().expect("thread")),
-        ("host v6", host6.join().expect("thread")),
-        ("vip v4", vip4.join().expect("thread")),
-        ("vip v6", vip6.join().expect("thread")),
+    let targets = [
+        ("host v4", format!("{HOST4}:{HOST_PORT}")),
+        ("host v6", format!("[{HOST6}]:{HOST_PORT}")),
+        ("vip v4", format!("{}:{PORT}", addr::VIP4)),
+        ("vip v6", format!("[{}]:{PORT}", addr::VIP6)),
     ];
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = targets
+            .iter()
+            .map(|(what, target)| {
+                let client = &tb.client;
+                s.spawn(move || {
+                    let r = run_client(client, target, ARGS, Duration::from_secs(120));
+                    (*what, r.map_err(|e| e.to_string()))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
     let status = lb.status();
     println!("{status}");
     for (what, r) in results {
