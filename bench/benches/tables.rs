@@ -10,6 +10,10 @@
 //!   then the backend), per packet; hashes from a seeded xorshift.
 //! - `tables/lookup/one_service_hot`: the same for one service and 4096 distinct hashes, so
 //!   the table and backends stay in cache: the instruction cost without the cache misses.
+//! - `tables/count/forward`: `Worker::count_forward`, what the worker loop does per forwarded
+//!   packet: packets and bytes (and, for one packet in eight, a connection) on the service
+//!   and on the backend, for random services and backends (1024 pre-drawn; 64 of each
+//!   service's 100 backends have a counter slot, the rest count per service only).
 //! - `tables/switch/64svc_1changed`: the slow path of `Worker::check` after control replaced
 //!   one of 64 services (M = 65 537, 100 backends each): copy the directory, validate the
 //!   changed entry, rebuild the index, ack. Only the check is timed.
@@ -174,6 +178,22 @@ fn bench_tables(c: &mut Criterion) {
             let h = xorshift(&mut rng);
             let view = worker.service(black_box(&hot)).unwrap();
             black_box(view.lookup(h & 0xfff).unwrap().backend_id)
+        });
+    });
+
+    let forwards: Vec<(u32, BackendId, bool)> = (0..1024)
+        .map(|n| {
+            let k = key(u8::try_from(xorshift(&mut rng) % u64::from(SERVICES)).unwrap());
+            let index = worker.service(&k).unwrap().index();
+            let id = u32::try_from(xorshift(&mut rng) % u64::from(BACKENDS)).unwrap();
+            (index, BackendId(id), n % 8 == 0)
+        })
+        .collect();
+    group.bench_function("count/forward", |b| {
+        b.iter(|| {
+            i = (i + 1) & 1023;
+            let (index, id, new_flow) = forwards[i];
+            worker.count_forward(black_box(index), Some(black_box(id)), 60, new_flow);
         });
     });
 

@@ -18,7 +18,7 @@ use crossbeam_queue::ArrayQueue;
 use crate::conntrack::Tick;
 use crate::io::{Mbuf, MbufBurst, RxQueue, TxQueue, tsc};
 use crate::pipeline::{DropReason, Pipeline, Verdict};
-use crate::tables::{Worker as TablesWorker, bump};
+use crate::tables::Worker as TablesWorker;
 
 /// Packets a worker's inbox holds (NAT replies handed over by other workers).
 pub const INBOX_CAPACITY: usize = 4096;
@@ -232,18 +232,10 @@ fn dispatch(
             service,
             backend,
             bytes,
+            new_flow,
         } => {
-            if let Some(c) = w
-                .tables
-                .service_counters()
-                .get(usize::try_from(service).unwrap_or(usize::MAX))
-            {
-                bump(&c.packets, 1);
-                bump(&c.bytes, u64::from(bytes));
-            }
-            if let Some(id) = backend {
-                w.tables.count_backend(service, id, u64::from(bytes));
-            }
+            w.tables
+                .count_forward(service, backend, u64::from(bytes), new_flow);
             push(&mut w.tx, out, extra, usize::from(port), m);
         }
         Verdict::Reply => push(&mut w.tx, out, extra, usize::from(port), m),

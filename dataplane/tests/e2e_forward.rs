@@ -2,7 +2,9 @@
 //! servers (`tb-server`) through the real `sluice-dataplane` process on a veth port
 //! (`net_af_packet`), in full-NAT and L2-DSR modes, over IPv4 and IPv6. Every connection must
 //! complete with byte-exact data, and connections must spread over every backend. The test
-//! process plays control: it creates the table region and publishes services into it.
+//! process plays control: it creates the table region and publishes services into it, and
+//! reads back the connection counters the dataplane keeps there (one per TCP connection, on
+//! the service and on the backend that served it).
 //!
 //! Namespaces, the dataplane and the servers are removed/killed (by PID) whatever happens.
 
@@ -10,7 +12,7 @@ mod common;
 
 use std::time::Duration;
 
-use sluice_dataplane::tables::Mode;
+use sluice_dataplane::tables::{Mode, Proto, ServiceKey};
 use sluice_testbed::{BackendMode, OneArm, Proc, addr, bin_path, client_result, run_client};
 
 use common::lb::{Lb, PORT};
@@ -25,6 +27,28 @@ fn check_spread(text: &str, want: usize, backends: usize) {
         );
     }
     println!("spread: {per:?}");
+}
+
+/// The region's counters for `vip:PORT` agree with what the client saw: one connection per
+/// TCP connection, on the service and on the backend that served it (`X-Backend: bN` is
+/// backend id N). The counters are cumulative, so `text` must be the service's only client run.
+fn check_connection_counters(lb: &Lb, vip: &str, text: &str) {
+    let (ok, _, per) = client_result(text).expect("RESULT line");
+    let key = ServiceKey::new(vip.parse().expect("vip"), PORT, Proto::Tcp);
+    let (index, _) = lb.writer.service(&key).expect("service published");
+    let s = lb.writer.service_totals(index);
+    assert_eq!(s.connections, u64::try_from(ok).unwrap(), "{vip}: {s:?}");
+    assert!(s.packets > s.connections, "{vip}: {s:?}");
+    let backends = lb.writer.backend_totals(index);
+    assert_eq!(backends.len(), 3);
+    for (id, t) in backends {
+        let served = per.get(&format!("b{}", id.0)).copied().unwrap_or(0);
+        assert_eq!(
+            t.connections,
+            u64::try_from(served).unwrap(),
+            "{vip} backend {id:?}: {t:?}, client saw {per:?}"
+        );
+    }
 }
 
 fn servers(tb: &OneArm) -> Vec<Proc> {
@@ -50,13 +74,14 @@ fn spreads_over_all_backends(tag: &str, backends: BackendMode, mode: Mode) {
         "--requests",
         "2",
     ];
-    for target in [
-        format!("{}:{PORT}", addr::VIP4),
-        format!("[{}]:{PORT}", addr::VIP6),
+    for (vip, target) in [
+        (addr::VIP4, format!("{}:{PORT}", addr::VIP4)),
+        (addr::VIP6, format!("[{}]:{PORT}", addr::VIP6)),
     ] {
         let out = run_client(&tb.client, &target, &args, Duration::from_secs(120))
             .unwrap_or_else(|e| panic!("client to {target}: {e}\n{}", lb.status()));
         check_spread(&out, 60, 3);
+        check_connection_counters(&lb, vip, &out);
     }
 }
 

@@ -1,7 +1,8 @@
 //! Conntrack through the pipeline: established flows keep their backend when the backend set
 //! changes (added, removed, draining, down), new flows follow the new Maglev table, a full
-//! table degrades to stateless forwarding (never a drop, except NAT), and ICMP errors follow
-//! the tracked backend.
+//! table degrades to stateless forwarding (never a drop, except NAT), ICMP errors follow
+//! the tracked backend, and connections (new flows) are counted once per flow in the shared
+//! tables, per service and per backend.
 
 #[path = "pipeline_support.rs"]
 mod support;
@@ -9,9 +10,12 @@ mod support;
 use std::time::Duration;
 
 use sluice_dataplane::conntrack::Tick;
-use sluice_dataplane::maglev::TableSize;
+use sluice_dataplane::maglev::{self, MaglevBackend, TableSize};
 use sluice_dataplane::pipeline::{DropReason, Pipeline, StaticServices, Verdict};
-use sluice_dataplane::tables::{Backend, BackendId, BackendState, Mode, ServiceId, ServiceKey};
+use sluice_dataplane::tables::{
+    Backend, BackendId, BackendState, Backing, Capacity, Mode, ServiceId, ServiceKey, ServiceSpec,
+    ServiceUpdate, Tables, Worker, Writer, WriterOptions,
+};
 use support::*;
 
 const FLOWS: u16 = 2000;
@@ -335,4 +339,219 @@ fn icmp_errors_follow_the_tracked_backend() {
         backend_of(run(&mut p, &s1, &icmp).0),
         before[usize::from(i)]
     );
+}
+
+// === connections in the shared tables ===
+
+/// A table region that removes itself.
+struct Region(String);
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        let _ = Writer::remove(&self.0);
+    }
+}
+
+/// Publishes `key()` in `mode` over `backends` into `w`.
+fn publish(w: &mut Writer, mode: Mode, backends: &[Backend]) {
+    let names: Vec<String> = backends.iter().map(|b| b.id.0.to_string()).collect();
+    let inputs: Vec<MaglevBackend<'_>> = names.iter().map(|n| MaglevBackend::new(n, 1)).collect();
+    let table = maglev::build(TableSize::try_new(4093).unwrap(), &inputs).unwrap();
+    w.publish(&[ServiceUpdate::Upsert(ServiceSpec {
+        key: key(),
+        id: ServiceId(7),
+        mode,
+        backends,
+        table: &table,
+    })])
+    .unwrap();
+}
+
+/// Runs `frame` through `p` with the shared tables as services, and counts the verdict into
+/// them as the worker loop does. Returns the verdict and the frame after.
+fn run_counted(p: &mut Pipeline, t: &Worker, frame: &[u8]) -> (Verdict, Vec<u8>) {
+    let (v, out) = run(p, t, frame);
+    if let Verdict::Forward {
+        service,
+        backend,
+        bytes,
+        new_flow,
+    } = v
+    {
+        t.count_forward(service, backend, u64::from(bytes), new_flow);
+    }
+    (v, out)
+}
+
+/// The backend's answer to a forwarded frame: MACs, addresses and ports swapped.
+fn answer(fwd: &[u8]) -> Vec<u8> {
+    let pf = sluice_dataplane::wire::parse_frame(fwd).unwrap();
+    let mut r = fwd.to_vec();
+    for i in 0..6 {
+        r.swap(i, 6 + i);
+    }
+    for i in 0..4 {
+        r.swap(pf.l3_offset + 12 + i, pf.l3_offset + 16 + i);
+    }
+    r.swap(pf.l4_offset, pf.l4_offset + 2);
+    r.swap(pf.l4_offset + 1, pf.l4_offset + 3);
+    r
+}
+
+/// `(packets, connections)` of the service, and the connections of each backend, from
+/// control's side.
+fn connections(w: &Writer) -> (u64, u64, Vec<(u32, u64)>) {
+    let (index, _) = w.service(&key()).unwrap();
+    let s = w.service_totals(index);
+    let per = w
+        .backend_totals(index)
+        .into_iter()
+        .map(|(id, t)| (id.0, t.connections))
+        .collect();
+    (s.packets, s.connections, per)
+}
+
+/// `N` distinct flows of several packets each (and, for NAT, the backends' replies) give
+/// `N` connections on the service and `N` summed over its backends; more packets of the same
+/// flows add none. A flow moved off a removed backend is new to its new backend and counts
+/// again, once.
+fn check_connections(mode: Mode, tag: &str) {
+    const N: u16 = 300;
+    let region = Region(format!("ctconn-{tag}-{}", std::process::id()));
+    let _ = Writer::remove(&region.0);
+    let cap = Capacity {
+        max_services: 4,
+        max_workers: 2,
+        dir_slots: 4,
+        arena_bytes: 1 << 20,
+    };
+    let mut w = Writer::create(&region.0, cap, Backing::Shm, WriterOptions::default()).unwrap();
+    let mut backends = set(10);
+    publish(&mut w, mode, &backends);
+    let tables = Tables::map_with(&region.0, Backing::Shm).unwrap();
+    let mut t = tables.register().unwrap();
+    let mut p = pipeline();
+
+    let mut first = Vec::new();
+    for i in 0..N {
+        // SYN, then two ACKs (the ACKs are conntrack hits).
+        let (v, fwd) = run_counted(&mut p, &t, &flow_frame(i, 0x02));
+        assert!(
+            matches!(v, Verdict::Forward { new_flow: true, .. }),
+            "{v:?}"
+        );
+        first.push(backend_of(v));
+        for _ in 0..2 {
+            let (v, _) = run_counted(&mut p, &t, &flow_frame(i, 0x10));
+            assert!(
+                matches!(
+                    v,
+                    Verdict::Forward {
+                        new_flow: false,
+                        ..
+                    }
+                ),
+                "{v:?}"
+            );
+        }
+        if mode == Mode::Nat {
+            // The backend's reply, un-NATed: a packet of the service, not a connection.
+            let (v, _) = run_counted(&mut p, &t, &answer(&fwd));
+            assert!(
+                matches!(
+                    v,
+                    Verdict::Forward {
+                        backend: None,
+                        new_flow: false,
+                        ..
+                    }
+                ),
+                "{v:?}"
+            );
+        }
+    }
+    let n = u64::from(N);
+    let per_flow = if mode == Mode::Nat { 4 } else { 3 };
+    let (packets, conns, per) = connections(&w);
+    assert_eq!((packets, conns), (n * per_flow, n), "{mode:?}");
+    assert_eq!(per.iter().map(|b| b.1).sum::<u64>(), n, "{per:?}");
+    assert!(
+        per.iter().all(|b| b.1 > 0),
+        "every backend got flows: {per:?}"
+    );
+    for (id, c) in &per {
+        let want = first.iter().filter(|&&b| b == *id).count();
+        assert_eq!(*c, u64::try_from(want).unwrap(), "backend {id}");
+    }
+    assert_eq!(p.counters().new_flows, n);
+
+    // The same flows again: no new connections.
+    for i in 0..N {
+        let _ = run_counted(&mut p, &t, &flow_frame(i, 0x10));
+    }
+    let (packets, again, per_again) = connections(&w);
+    assert_eq!((packets, again), (n * (per_flow + 1), n));
+    assert_eq!(per_again, per);
+
+    // Backend 4 goes away: its flows move, and each counts once on its new backend.
+    backends.retain(|b| b.id != BackendId(4));
+    publish(&mut w, mode, &backends);
+    t.check().unwrap();
+    let moved = u64::try_from(first.iter().filter(|&&b| b == 4).count()).unwrap();
+    assert!(moved > 0);
+    let moves = p.counters().backend_moves;
+    for _ in 0..2 {
+        for i in 0..N {
+            let _ = run_counted(&mut p, &t, &flow_frame(i, 0x10));
+        }
+    }
+    assert_eq!(p.counters().backend_moves - moves, moved);
+    let (_, after, per_after) = connections(&w);
+    assert_eq!(after, n + moved);
+    // Backend 4 is no longer listed (its count left with its counter slot); the others gained
+    // exactly the moved flows.
+    assert!(per_after.iter().all(|b| b.0 != 4));
+    assert_eq!(per_after.iter().map(|b| b.1).sum::<u64>(), n);
+}
+
+#[test]
+fn dsr_connections_count_once_per_flow() {
+    check_connections(Mode::Dsr, "dsr");
+}
+
+#[test]
+fn nat_connections_count_once_per_flow() {
+    check_connections(Mode::Nat, "nat");
+}
+
+/// With conntrack full, a flow without an entry is forwarded by a stateless Maglev pick per
+/// packet, and each pick is a connection; the tracked flows still count once.
+#[test]
+fn stateless_picks_count_as_connections() {
+    let region = Region(format!("ctconn-full-{}", std::process::id()));
+    let _ = Writer::remove(&region.0);
+    let cap = Capacity {
+        max_services: 4,
+        max_workers: 2,
+        dir_slots: 4,
+        arena_bytes: 1 << 20,
+    };
+    let mut w = Writer::create(&region.0, cap, Backing::Shm, WriterOptions::default()).unwrap();
+    publish(&mut w, Mode::Dsr, &set(10));
+    let tables = Tables::map_with(&region.0, Backing::Shm).unwrap();
+    let t = tables.register().unwrap();
+    let mut c = config();
+    c.conntrack_capacity = 16;
+    let mut p = Pipeline::new(c).unwrap();
+    for i in 0..20 {
+        for flags in [0x02, 0x10] {
+            let _ = run_counted(&mut p, &t, &flow_frame(i, flags));
+        }
+    }
+    // 16 tracked flows count once each; the 4 untracked ones count every packet.
+    assert_eq!(p.counters().conntrack_full_fallback, 8);
+    let (packets, conns, per) = connections(&w);
+    assert_eq!((packets, conns), (40, 16 + 8));
+    assert_eq!(per.iter().map(|b| b.1).sum::<u64>(), 24);
+    assert_eq!(p.counters().new_flows, 24);
 }

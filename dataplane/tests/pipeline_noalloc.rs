@@ -9,6 +9,11 @@
 //! VLAN tags, TTL drops, malformed frames, unknown ports, redirects, a full table (stateless
 //! fallback and NAT refusals) and aging. The count must not move. Buffers are refilled with
 //! `VecBuf::reset`, which reuses their capacity.
+//!
+//! One more pipeline reads the same services from a shared-memory table region (the
+//! production [`Services`](sluice_dataplane::pipeline::Services)) and counts every forwarded
+//! packet into it as the worker loop does (`Worker::count_forward`: packets, bytes and
+//! connections per service and backend): that path allocates nothing either.
 
 #[path = "pipeline_support.rs"]
 mod support;
@@ -16,9 +21,12 @@ mod support;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use sluice_dataplane::conntrack::Tick;
-use sluice_dataplane::maglev::TableSize;
+use sluice_dataplane::maglev::{self, MaglevBackend, TableSize};
 use sluice_dataplane::pipeline::{PacketBuf, Pipeline, StaticServices, VecBuf, Verdict};
-use sluice_dataplane::tables::{Mode, ServiceId, ServiceKey};
+use sluice_dataplane::tables::{
+    Backend, Backing, Capacity, Mode, ServiceId, ServiceKey, ServiceSpec, ServiceUpdate, Tables,
+    Worker, Writer, WriterOptions,
+};
 use sluice_dataplane::wire::parse_frame;
 use support::*;
 
@@ -30,11 +38,9 @@ fn allocs() -> u64 {
     dhat::HeapStats::get().total_blocks
 }
 
-/// `(VIP, port, TCP?) → mode` for both families; backends of the service's family except
-/// the mixed-family encap ones.
-fn services() -> StaticServices {
-    let mut s = StaticServices::new();
-    let m = TableSize::try_new(251).unwrap();
+/// `(key, id, mode, backends)` for `(VIP, port, TCP?) → mode` in both families; backends of
+/// the service's family except the mixed-family encap ones.
+fn service_list() -> Vec<(ServiceKey, ServiceId, Mode, Vec<Backend>)> {
     let list = [
         (false, 80, true, Mode::Nat, false),
         (false, 53, false, Mode::Nat, false),
@@ -46,20 +52,78 @@ fn services() -> StaticServices {
         (true, 8080, true, Mode::EncapIpip, false),
         (true, 4789, false, Mode::EncapGue, true),
     ];
-    for (i, (v6, port, tcp, mode, backends_v6)) in (0u32..).zip(list) {
-        let backends: Vec<_> = (1..=4)
-            .map(|b| backend(b + 10 * i, backends_v6, 0))
-            .collect();
-        s.upsert(
-            ServiceKey::new(vip(v6), port, proto(tcp)),
-            ServiceId(i),
-            mode,
-            m,
-            &backends,
-        )
-        .unwrap();
+    (0u32..)
+        .zip(list)
+        .map(|(i, (v6, port, tcp, mode, backends_v6))| {
+            let backends = (1..=4)
+                .map(|b| backend(b + 10 * i, backends_v6, 0))
+                .collect();
+            (
+                ServiceKey::new(vip(v6), port, proto(tcp)),
+                ServiceId(i),
+                mode,
+                backends,
+            )
+        })
+        .collect()
+}
+
+fn services() -> StaticServices {
+    let mut s = StaticServices::new();
+    for (key, id, mode, backends) in service_list() {
+        s.upsert(key, id, mode, TableSize::try_new(251).unwrap(), &backends)
+            .unwrap();
     }
     s
+}
+
+/// The same services published into a new table region `name` (as control would, one
+/// generation), and a worker registered on it.
+fn shared(name: &str) -> (Writer, Tables, Worker) {
+    let _ = Writer::remove(name);
+    let cap = Capacity {
+        max_services: 16,
+        max_workers: 2,
+        dir_slots: 4,
+        arena_bytes: 1 << 20,
+    };
+    let mut w = Writer::create(name, cap, Backing::Shm, WriterOptions::default()).unwrap();
+    let list = service_list();
+    let tables: Vec<_> = list
+        .iter()
+        .map(|(_, _, _, backends)| {
+            let names: Vec<String> = backends.iter().map(|b| b.id.0.to_string()).collect();
+            let inputs: Vec<MaglevBackend<'_>> =
+                names.iter().map(|n| MaglevBackend::new(n, 1)).collect();
+            maglev::build(TableSize::try_new(251).unwrap(), &inputs).unwrap()
+        })
+        .collect();
+    let updates: Vec<ServiceUpdate<'_>> = list
+        .iter()
+        .zip(&tables)
+        .map(|((key, id, mode, backends), table)| {
+            ServiceUpdate::Upsert(ServiceSpec {
+                key: *key,
+                id: *id,
+                mode: *mode,
+                backends,
+                table,
+            })
+        })
+        .collect();
+    w.publish(&updates).unwrap();
+    let t = Tables::map_with(name, Backing::Shm).unwrap();
+    let worker = t.register().unwrap();
+    (w, t, worker)
+}
+
+/// Removes the region when the test ends, pass or fail.
+struct Region(String);
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        let _ = Writer::remove(&self.0);
+    }
 }
 
 fn client_n(v6: bool, n: u16) -> IpAddr {
@@ -228,6 +292,9 @@ fn pipeline_allocates_nothing_per_packet() {
     let _profiler = dhat::Profiler::builder().testing().build();
     let s = services();
     let frames = frames();
+    let region = Region(format!("noalloc-{}", std::process::id()));
+    let (writer, _tables, tw) = shared(&region.0);
+    let mut q = pipeline();
     // A dry run on an identical pipeline gives the NAT replies to send (SNAT ports are
     // chosen deterministically), and a reply to another worker's port.
     let mut dry = pipeline();
@@ -282,6 +349,17 @@ fn pipeline_allocates_nothing_per_packet() {
             let _ = full.process(&mut buf, &s, now);
             buf.reset(f);
             let _ = other.process_from(u16::from(round == 2), &mut buf, &s, now);
+            // The production path: services from the shared tables, counted into them.
+            buf.reset(f);
+            if let Verdict::Forward {
+                service,
+                backend,
+                bytes,
+                new_flow,
+            } = q.process(&mut buf, &tw, now)
+            {
+                tw.count_forward(service, backend, u64::from(bytes), new_flow);
+            }
         }
         buf.reset(&reply_to_other);
         let _ = other.process(&mut buf, &s, now);
@@ -299,4 +377,21 @@ fn pipeline_allocates_nothing_per_packet() {
     assert!(c.nat_replies > 0 && c.icmp_errors > 0 && c.replies > 0 && c.exceptions > 0);
     assert!(full.counters().conntrack_full_fallback > 0);
     assert!(other.counters().redirects > 0);
+    // The shared-tables pipeline forwarded and counted: its connections are its new flows,
+    // per service and, summed, per backend (every backend has a counter slot here).
+    let qc = q.counters();
+    assert!(qc.new_flows > 0 && qc.nat_replies > 0, "{qc:?}");
+    let (mut packets, mut conns, mut backend_conns) = (0, 0, 0);
+    for (index, _) in writer.services() {
+        let t = writer.service_totals(index);
+        packets += t.packets;
+        conns += t.connections;
+        backend_conns += writer
+            .backend_totals(index)
+            .iter()
+            .map(|b| b.1.connections)
+            .sum::<u64>();
+    }
+    assert_eq!(packets, qc.forwarded);
+    assert_eq!((conns, backend_conns), (qc.new_flows, qc.new_flows));
 }

@@ -177,8 +177,10 @@ proptest! {
         let expected = svc.pick(flow_hash_3tuple(src, vip(v6), proto, SEED)).unwrap().1.id();
         let (v1, _) = run(&mut p, &s, &first);
         let (v2, _) = run(&mut p, &s, &later);
-        prop_assert_eq!(v1, Verdict::Forward { service: 0, backend: Some(expected), bytes: u32::try_from(first.len()).unwrap() });
-        prop_assert_eq!(v2, Verdict::Forward { service: 0, backend: Some(expected), bytes: u32::try_from(later.len()).unwrap() });
+        // The first fragment starts the flow (one connection); the later one follows it.
+        prop_assert_eq!(v1, Verdict::Forward { service: 0, backend: Some(expected), bytes: u32::try_from(first.len()).unwrap(), new_flow: true });
+        prop_assert_eq!(v2, Verdict::Forward { service: 0, backend: Some(expected), bytes: u32::try_from(later.len()).unwrap(), new_flow: false });
+        prop_assert_eq!(p.counters().new_flows, 1);
     }
 }
 

@@ -45,11 +45,23 @@ fn service(
     )
 }
 
+/// The verdict for a flow's first packet: forwarded to `backend`, a new flow (a connection).
 fn fwd(backend: u32, bytes: usize) -> Verdict {
+    forward(backend, bytes, true)
+}
+
+/// The verdict for a packet of a tracked flow (or an ICMP error about one): forwarded to
+/// `backend`, not a new flow.
+fn fwd_tracked(backend: u32, bytes: usize) -> Verdict {
+    forward(backend, bytes, false)
+}
+
+fn forward(backend: u32, bytes: usize, new_flow: bool) -> Verdict {
     Verdict::Forward {
         service: 0,
         backend: Some(BackendId(backend)),
         bytes: u32::try_from(bytes).unwrap(),
+        new_flow,
     }
 }
 
@@ -110,7 +122,8 @@ fn nat_round_trip(v6: bool, is_tcp: bool, vlans: &'static [u16], options: &'stat
         Verdict::Forward {
             service: 0,
             backend: None,
-            bytes: u32::try_from(reply.len()).unwrap()
+            bytes: u32::try_from(reply.len()).unwrap(),
+            new_flow: false,
         }
     );
     let mut eip = rip;
@@ -525,8 +538,10 @@ fn encap_without_headroom_is_dropped_unchanged() {
     let v = p.process(&mut b, &s, NOW);
     assert_eq!(v, Verdict::Drop(DropReason::EncapNoHeadroom));
     assert_eq!(b.data(), &input[..]);
+    // The dropped first packet's flow was tracked already: this one is a hit (so the flow
+    // is never counted as a connection; see the `tables` module docs).
     let mut b = VecBuf::with_headroom(&input, 32);
-    assert_eq!(p.process(&mut b, &s, NOW), fwd(5, input.len()));
+    assert_eq!(p.process(&mut b, &s, NOW), fwd_tracked(5, input.len()));
 }
 
 // === ICMP errors ===
@@ -591,7 +606,12 @@ fn icmp_error_dsr_and_encap_follow_the_flow() {
             let q = quoted_reply(v6, true);
             let input = icmp_error(v6, vip(v6), &q, if v6 { 48 } else { 28 });
             let (v, out) = run(&mut p, &s, &input);
-            assert_eq!(v, fwd(flow_backend.0, input.len()), "v6={v6} {mode:?}");
+            // Not a connection: the error is about the flow, not one of its own.
+            assert_eq!(
+                v,
+                fwd_tracked(flow_backend.0, input.len()),
+                "v6={v6} {mode:?}"
+            );
             match mode {
                 Mode::Dsr => {
                     let mut expected = input.clone();
@@ -650,7 +670,7 @@ fn icmp_error_nat_is_translated_for_the_backend() {
                 let (v, out) = run(&mut p, &s, &input);
                 assert_eq!(
                     v,
-                    fwd(1, input.len()),
+                    fwd_tracked(1, input.len()),
                     "v6={v6} tcp={is_tcp} quote={quote_len}"
                 );
                 // What the backend sent, quoted the same way, from node to backend.

@@ -1,6 +1,7 @@
-//! Per-backend counters in the table region (ABI version 2): counts land per backend and sum
-//! across workers, counter slots are stable per backend and zeroed before reuse, out-of-range
-//! lookups are ignored, and a version-1 region is refused.
+//! Per-backend counters in the table region (ABI version 2; connections since version 3):
+//! packets, bytes and connections land per backend and per service and sum across workers,
+//! counter slots are stable per backend and zeroed before reuse, out-of-range lookups are
+//! ignored, and a region of an older version (or another counter size) is refused.
 
 use std::fs::OpenOptions;
 use std::mem::offset_of;
@@ -75,10 +76,11 @@ fn publish(w: &mut Writer, bs: &[Backend]) {
     .unwrap();
 }
 
-fn totals(w: &Writer, index: u32) -> Vec<(u32, u64, u64)> {
+/// `(backend id, packets, bytes, connections)` per backend.
+fn totals(w: &Writer, index: u32) -> Vec<(u32, u64, u64, u64)> {
     w.backend_totals(index)
         .into_iter()
-        .map(|(id, t)| (id.0, t.packets, t.bytes))
+        .map(|(id, t)| (id.0, t.packets, t.bytes, t.connections))
         .collect()
 }
 
@@ -91,17 +93,74 @@ fn counts_land_per_backend_and_sum_across_workers() {
     let a = tables.register().unwrap();
     let b = tables.register().unwrap();
     let index = a.service(&key()).unwrap().index();
-    a.count_backend(index, BackendId(7), 100);
-    a.count_backend(index, BackendId(7), 50);
-    b.count_backend(index, BackendId(7), 10);
-    b.count_backend(index, BackendId(9), 1);
-    assert_eq!(totals(&w, index), vec![(7, 3, 160), (8, 0, 0), (9, 1, 1)]);
+    a.count_backend(index, BackendId(7), 100, true);
+    a.count_backend(index, BackendId(7), 50, false);
+    b.count_backend(index, BackendId(7), 10, true);
+    b.count_backend(index, BackendId(9), 1, true);
+    let want = vec![(7, 3, 160, 2), (8, 0, 0, 0), (9, 1, 1, 1)];
+    assert_eq!(totals(&w, index), want);
     // Unknown service index, unknown backend: ignored, no panic.
-    a.count_backend(index + 1, BackendId(7), 5);
-    a.count_backend(u32::MAX, BackendId(7), 5);
-    a.count_backend(index, BackendId(1234), 5);
-    assert_eq!(totals(&w, index), vec![(7, 3, 160), (8, 0, 0), (9, 1, 1)]);
+    a.count_backend(index + 1, BackendId(7), 5, true);
+    a.count_backend(u32::MAX, BackendId(7), 5, true);
+    a.count_backend(index, BackendId(1234), 5, true);
+    assert_eq!(totals(&w, index), want);
     assert!(w.backend_totals(index + 1).is_empty());
+}
+
+/// `count_forward` (what the worker loop does with each forwarded packet) counts the service
+/// and the backend together: `N` new flows of several packets each give `N` connections on
+/// the service and, summed, on its backends, however the packets spread over workers.
+#[test]
+fn connections_count_once_per_new_flow_on_service_and_backend() {
+    const FLOWS: u32 = 90;
+    const PACKETS: u64 = 5;
+    let (name, _c) = region("conn");
+    let mut w = Writer::create(&name, CAP, Backing::Shm, WriterOptions::default()).unwrap();
+    publish(&mut w, &backends([7, 8, 9]));
+    let tables = Tables::map_with(&name, Backing::Shm).unwrap();
+    let workers = [tables.register().unwrap(), tables.register().unwrap()];
+    let index = workers[0].service(&key()).unwrap().index();
+    for flow in 0..FLOWS {
+        let worker = &workers[usize::try_from(flow % 2).unwrap()];
+        let backend = BackendId(7 + flow % 3);
+        for p in 0..PACKETS {
+            // Only the packet whose backend was picked (the first) is a new flow.
+            worker.count_forward(index, Some(backend), 100, p == 0);
+        }
+        // A NAT reply of the flow: a packet of the service, never a connection.
+        worker.count_forward(index, None, 40, false);
+    }
+    let n = u64::from(FLOWS);
+    let s = w.service_totals(index);
+    assert_eq!(
+        (s.packets, s.bytes, s.connections),
+        (n * (PACKETS + 1), n * (PACKETS * 100 + 40), n)
+    );
+    let per = totals(&w, index);
+    let k = n / 3;
+    assert_eq!(
+        per,
+        vec![
+            (7, k * PACKETS, k * PACKETS * 100, k),
+            (8, k * PACKETS, k * PACKETS * 100, k),
+            (9, k * PACKETS, k * PACKETS * 100, k),
+        ]
+    );
+    assert_eq!(per.iter().map(|t| t.3).sum::<u64>(), s.connections);
+    // `count` (by view) counts the service the same way.
+    let view = workers[0].service(&key()).unwrap();
+    workers[0].count(view, 1, true);
+    workers[0].count(view, 1, false);
+    let s2 = w.service_totals(index);
+    assert_eq!(
+        (s2.packets, s2.connections),
+        (s.packets + 2, s.connections + 1)
+    );
+    // Out of range: ignored.
+    workers[1].count_forward(u32::MAX, Some(BackendId(7)), 1, true);
+    workers[1].count_forward(index + 1, None, 1, true);
+    assert_eq!(w.service_totals(index), s2);
+    assert_eq!(w.service_totals(u32::MAX), Default::default());
 }
 
 #[test]
@@ -114,8 +173,8 @@ fn slots_are_stable_and_zeroed_before_reuse() {
     let tables = Tables::map_with(&name, Backing::Shm).unwrap();
     let mut a = tables.register().unwrap();
     let index = a.service(&key()).unwrap().index();
-    a.count_backend(index, BackendId(0), 10);
-    a.count_backend(index, BackendId(1), 20);
+    a.count_backend(index, BackendId(0), 10, true);
+    a.count_backend(index, BackendId(1), 20, true);
 
     // Replace backend 0 by 1000; backend 1 keeps its slot and its counts.
     let next: Vec<u32> = (1..BACKEND_COUNTER_SLOTS).chain([1000, 1001]).collect();
@@ -125,9 +184,9 @@ fn slots_are_stable_and_zeroed_before_reuse() {
     // Backend 0's slot is not reusable before the ack reclaim: 1000 and 1001 have none.
     assert_eq!(v.counter_slot(BackendId(1000)), None);
     assert_eq!(v.counter_slot(BackendId(1001)), None);
-    a.count_backend(index, BackendId(1000), 99); // ignored: no slot
+    a.count_backend(index, BackendId(1000), 99, true); // ignored: no slot
     let t = totals(&w, index);
-    assert_eq!(t.first(), Some(&(1, 1, 20)));
+    assert_eq!(t.first(), Some(&(1, 1, 20, 1)));
     assert!(!t.iter().any(|x| x.0 == 0 || x.0 == 1000));
 
     // After every live worker acked, the old slot is zeroed and handed to the next new one.
@@ -140,12 +199,12 @@ fn slots_are_stable_and_zeroed_before_reuse() {
     assert_eq!(v.counter_slot(BackendId(1001)), None);
     assert_eq!(
         totals(&w, index).iter().find(|x| x.0 == 1000),
-        Some(&(1000, 0, 0))
+        Some(&(1000, 0, 0, 0))
     );
-    a.count_backend(index, BackendId(1000), 7);
+    a.count_backend(index, BackendId(1000), 7, true);
     let t = totals(&w, index);
     assert!(
-        t.contains(&(1000, 1, 7)) && t.contains(&(1, 1, 20)),
+        t.contains(&(1000, 1, 7, 1)) && t.contains(&(1, 1, 20, 1)),
         "{t:?}"
     );
 
@@ -154,32 +213,69 @@ fn slots_are_stable_and_zeroed_before_reuse() {
     let w = Writer::attach_with(&name, Backing::Shm, WriterOptions::default()).unwrap();
     let t = totals(&w, index);
     assert!(
-        t.contains(&(1000, 1, 7)) && t.contains(&(1, 1, 20)),
+        t.contains(&(1000, 1, 7, 1)) && t.contains(&(1, 1, 20, 1)),
         "{t:?}"
     );
 }
 
+/// An old region (version 2: 16-byte counters without connections) is refused by this build
+/// with a typed error that names both versions, and so is a header whose counter size
+/// disagrees with this build's.
 #[test]
-fn abi_v1_region_is_refused() {
-    assert_eq!(ABI_VERSION, 2);
-    let (name, _c) = region("v1");
+fn older_abi_region_is_refused() {
+    assert_eq!(ABI_VERSION, 3);
+    let (name, _c) = region("v2");
     let w = Writer::create(&name, CAP, Backing::Shm, WriterOptions::default()).unwrap();
     let f = OpenOptions::new()
         .write(true)
         .open(format!("/dev/shm/sluice-{name}"))
         .unwrap();
     let at = u64::try_from(offset_of!(Header, abi_version)).unwrap();
-    f.write_all_at(&1u32.to_ne_bytes(), at).unwrap();
+    f.write_all_at(&2u32.to_ne_bytes(), at).unwrap();
     let err = Tables::map_with(&name, Backing::Shm).unwrap_err();
     assert!(
         matches!(
             err,
             ShmError::AbiMismatch {
-                found: 1,
-                expected: 2
+                found: 2,
+                expected: 3
             }
         ),
         "{err:?}"
     );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("ABI version 2") && msg.contains("version 3"),
+        "{msg}"
+    );
+    // A restarted control refuses it the same way instead of writing into it.
     drop(w);
+    let err = Writer::attach_with(&name, Backing::Shm, WriterOptions::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ShmError::AbiMismatch {
+                found: 2,
+                expected: 3
+            }
+        ),
+        "{err:?}"
+    );
+
+    // The right version with another counter size: refused as a size mismatch.
+    f.write_all_at(&ABI_VERSION.to_ne_bytes(), at).unwrap();
+    let at = u64::try_from(offset_of!(Header, counters_size)).unwrap();
+    f.write_all_at(&16u32.to_ne_bytes(), at).unwrap();
+    let err = Tables::map_with(&name, Backing::Shm).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ShmError::SizeMismatch {
+                what: "service counters",
+                found: 16,
+                expected: 32
+            }
+        ),
+        "{err:?}"
+    );
 }

@@ -427,8 +427,9 @@ fn counters_and_heartbeats_reach_control() {
         bump(&b.rx_bytes, 1000 * n);
         bump(&b.drops[3], n);
         let view = worker.service(&key(1)).unwrap();
-        for _ in 0..n {
-            worker.count(view, 100);
+        for i in 0..n {
+            // One flow per worker: its first packet is the new one.
+            worker.count(view, 100, i == 0);
         }
     }
     let status = w.workers(t(1));
@@ -445,7 +446,10 @@ fn counters_and_heartbeats_reach_control() {
     assert_eq!((rx, drops), (30, 3));
     let (index, _) = w.service(&key(1)).unwrap();
     let totals = w.service_totals(index);
-    assert_eq!((totals.packets, totals.bytes), (3, 300));
+    assert_eq!(
+        (totals.packets, totals.bytes, totals.connections),
+        (3, 300, 2)
+    );
     // Heartbeat age grows while the workers are quiet and resets when they check.
     let s = w.workers(t(2));
     assert!(s.iter().all(|s| s.heartbeat_age == Duration::from_secs(1)));
@@ -473,6 +477,7 @@ fn counters_and_heartbeats_reach_control() {
     w.publish(&[s3.update()]).unwrap();
     let (index3, _) = w.service(&key(3)).unwrap();
     assert_eq!(index3, index, "index reused");
+    // Connections included.
     assert_eq!(w.service_totals(index3), Default::default());
 }
 

@@ -196,6 +196,7 @@ impl Mapping {
         h.backend_counters_stride
             .store(geo.backend_counters_stride, r);
         h.backend_counter_slots.store(BACKEND_COUNTER_SLOTS, r);
+        h.counters_size.store(size_u32::<ServiceCounters>(), r);
         h.dir_offset.store(geo.dir_offset, r);
         h.dir_stride.store(geo.dir_stride, r);
         h.arena_offset.store(geo.arena_offset, r);
@@ -263,6 +264,11 @@ impl Mapping {
                 "backend counter slots",
                 h.backend_counter_slots.load(r),
                 BACKEND_COUNTER_SLOTS,
+            ),
+            (
+                "service counters",
+                h.counters_size.load(r),
+                size_u32::<ServiceCounters>(),
             ),
         ] {
             if found != expected {
@@ -400,7 +406,7 @@ impl Mapping {
         )
     }
 
-    /// `n` counter pairs at `offset`, or `None` when they do not fit the mapping.
+    /// `n` [`ServiceCounters`] at `offset`, or `None` when they do not fit the mapping.
     fn counters_at(&self, offset: u64, n: u64) -> Option<&[ServiceCounters]> {
         let offset = usize::try_from(offset).ok()?;
         let n = usize::try_from(n).ok()?;
@@ -417,7 +423,7 @@ impl Mapping {
             return None;
         }
         // SAFETY: `n` counters starting at `ptr` lie inside the live mapping and `ptr` is
-        // aligned (both checked above). `ServiceCounters` is two `AtomicU64`s, valid for any
+        // aligned (both checked above). `ServiceCounters` is four `AtomicU64`s, valid for any
         // bits and made for concurrent access; the slice lives no longer than `&self`.
         Some(unsafe { std::slice::from_raw_parts(ptr, n) })
     }

@@ -16,7 +16,11 @@
 //! - a NAT-forwarded frame, answered the way its backend would (addresses, ports and MACs
 //!   swapped), is un-NATed back to the client: addresses and ports are the original ones
 //!   swapped, and a valid checksum stays valid;
-//! - a `Reply` parses as an ARP reply or a neighbor advertisement with a valid checksum.
+//! - a `Reply` parses as an ARP reply or a neighbor advertisement with a valid checksum;
+//! - `new_flow` (a connection) is set only on a packet with a backend that is not an ICMP
+//!   error, always on a whole TCP/UDP packet that had no live conntrack entry, and on one that
+//!   had an entry only when the flow moved (`backend_moves`); it counts in
+//!   `Counters::new_flows`.
 
 #![cfg(any(test, fuzzing))]
 
@@ -206,8 +210,23 @@ pub fn check_frame(pipe: &mut Pipeline, frame: &[u8], headroom: usize, port: u16
         let key = crate::flow::FlowKey::new(pf.src, pf.dst, pf.src_port, pf.dst_port, pf.proto);
         pipe.conntrack().peek(&key).is_none()
     });
+    // Whether the frame's 5-tuple has a live entry (a hit, unless its backend is gone).
+    let tracked = parse_frame(frame).is_ok_and(|pf| {
+        let key = crate::flow::FlowKey::new(pf.src, pf.dst, pf.src_port, pf.dst_port, pf.proto);
+        pipe.conntrack()
+            .peek(&key)
+            .is_some_and(|e| now < e.expires())
+    });
+    let before = *pipe.counters();
     let mut buf = VecBuf::with_headroom(frame, headroom);
     let v = pipe.process_from(port, &mut buf, services, now);
+    let after = *pipe.counters();
+    let picked = matches!(v, Verdict::Forward { new_flow: true, .. });
+    assert_eq!(
+        after.new_flows - before.new_flows,
+        u64::from(picked),
+        "new_flows counts the new-flow verdicts"
+    );
     let out = buf.data();
     match v {
         Verdict::Drop(DropReason::RewriteFailed) => panic!("rewrite failed on {frame:02x?}"),
@@ -245,6 +264,24 @@ pub fn check_frame(pipe: &mut Pipeline, frame: &[u8], headroom: usize, port: u16
                     Some(true),
                     "ICMP checksum broken"
                 );
+            }
+            let flow_packet = backend.is_some() && pf_in.icmp.is_none();
+            if picked {
+                assert!(
+                    flow_packet,
+                    "only a flow's packet to a backend is a new flow: {v:?}"
+                );
+            }
+            if flow_packet && pf_in.fragment == FragmentInfo::None {
+                if !tracked {
+                    assert!(picked, "a packet without a live entry is a new flow: {v:?}");
+                } else if picked {
+                    assert_eq!(
+                        after.backend_moves - before.backend_moves,
+                        1,
+                        "a tracked packet is a new flow only when its flow moved"
+                    );
+                }
             }
             if backend.is_some() && is_nat(service) && !encapsulated && pf_in.icmp.is_none() {
                 check_nat_round_trip(pipe, frame, &pf_in, out, now, new_flow);

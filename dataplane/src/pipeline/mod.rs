@@ -59,6 +59,13 @@
 //! entry un-NATs the replies): a NAT flow that does not fit is dropped
 //! (`nat_conntrack_full`).
 //!
+//! Every packet whose backend Maglev picked — a miss, a moved flow, or a stateless pick
+//! while the table is full (then each packet of the flow is one) — carries `new_flow` in its
+//! [`Verdict::Forward`] and counts in [`Counters::new_flows`]; the worker counts it as a
+//! connection of the service and the backend in the shared tables
+//! ([`Worker::count_forward`](crate::tables::Worker::count_forward)). Conntrack hits, NAT
+//! replies and ICMP errors never do.
+//!
 //! The first fragment of a datagram stores a 3-tuple entry that remembers the service port,
 //! so later fragments (which carry no ports) find the service and the backend; a later
 //! fragment whose first one was not seen is dropped (`fragment_no_flow`). Fragments are not
@@ -495,7 +502,9 @@ impl Pipeline {
                 }
             }
         };
-        self.send(mac, pkt, pf, svc, backend, &key, hash, bytes)
+        // A flow hash was computed exactly when Maglev picked the backend: a new flow.
+        let new_flow = hash.is_some();
+        self.send(mac, pkt, pf, svc, backend, &key, hash, new_flow, bytes)
     }
 
     /// Picks a backend for a new (or moved) DSR/encap flow and tracks it; a full table only
@@ -548,11 +557,12 @@ impl Pipeline {
                 }
             }
         };
-        Some(self.send(mac, pkt, pf, &svc, backend, &key, hash, bytes))
+        let new_flow = hash.is_some();
+        Some(self.send(mac, pkt, pf, &svc, backend, &key, hash, new_flow, bytes))
     }
 
     /// Forwards to `backend` by DSR or encap (`svc.mode`). `hash` is the flow hash of `key`
-    /// when already computed (encap uses it for entropy).
+    /// when already computed (encap uses it for entropy); `new_flow` goes into the verdict.
     #[inline]
     #[allow(clippy::too_many_arguments)]
     fn send<B: PacketBuf>(
@@ -564,6 +574,7 @@ impl Pipeline {
         backend: &BackendEntry,
         key: &FlowKey,
         hash: Option<u64>,
+        new_flow: bool,
         bytes: u32,
     ) -> Verdict {
         let Some(dmac) = backend.mac() else {
@@ -602,6 +613,7 @@ impl Pipeline {
             service: svc.index,
             backend: Some(backend.id()),
             bytes,
+            new_flow,
         }
     }
 
@@ -638,6 +650,7 @@ impl Pipeline {
         let key = FlowKey::new(pf.src, pf.dst, pf.src_port, pf.dst_port, pf.proto);
         let hit = self.ct_lookup(&key, hint, pf.tcp_flags, now).copied();
         let tracked = hit.and_then(|e| Some((tracked_backend(svc, &e)?, e.nat_port())));
+        let new_flow = tracked.is_none();
         let (backend, snat) = match tracked {
             Some(t) => t,
             None => {
@@ -673,6 +686,7 @@ impl Pipeline {
             service: svc.index,
             backend: Some(backend.id()),
             bytes,
+            new_flow,
         }
     }
 
@@ -771,6 +785,7 @@ impl Pipeline {
             service: e.service_id(),
             backend: None,
             bytes,
+            new_flow: false,
         })
     }
 
@@ -828,8 +843,10 @@ impl Pipeline {
                 .filter(|e| now < e.expires())
                 .and_then(|e| tracked_backend(&svc, e));
             let hash = flow_hash(&key, self.seed);
+            // An ICMP error is about a flow, never one itself: not a connection, even when
+            // Maglev picks its backend (the flow has no state here).
             match tracked.or_else(|| svc.pick(hash).map(|(_, b)| b)) {
-                Some(b) => self.send(mac, pkt, pf, &svc, b, &key, Some(hash), bytes),
+                Some(b) => self.send(mac, pkt, pf, &svc, b, &key, Some(hash), false, bytes),
                 None => Verdict::Drop(DropReason::NoBackend),
             }
         };
@@ -882,6 +899,7 @@ impl Pipeline {
             service: svc.index,
             backend: Some(b.id()),
             bytes,
+            new_flow: false,
         }
     }
 }

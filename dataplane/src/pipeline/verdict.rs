@@ -8,7 +8,7 @@ use crate::tables::layout::DROP_REASONS;
 use crate::wire::FrameError;
 
 /// What to do with a packet after [`Pipeline::process`](super::Pipeline::process). `Copy`,
-/// 16 bytes; the packet itself was rewritten in place (or not at all, for `Exception`,
+/// 20 bytes; the packet itself was rewritten in place (or not at all, for `Exception`,
 /// `Redirect` and `Drop`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[must_use]
@@ -24,6 +24,11 @@ pub enum Verdict {
         backend: Option<BackendId>,
         /// Length of the frame as received (before any encapsulation), for byte counters.
         bytes: u32,
+        /// The pipeline picked `backend` for this packet by Maglev: a new flow (a conntrack
+        /// miss), a flow moved off a removed or down backend, or a stateless pick because
+        /// conntrack is full. Counted as a connection on the service and the backend. Never
+        /// set for conntrack hits, NAT replies or ICMP errors.
+        new_flow: bool,
     },
     /// An ARP reply or NDP neighbor advertisement was written in place: send it back out of
     /// the port it came in on.
@@ -242,6 +247,9 @@ pub struct Counters {
     pub nat_replies: u64,
     /// Of the forwarded: ICMP errors sent to the backend of the flow they quote.
     pub icmp_errors: u64,
+    /// Of the forwarded: packets whose backend the pipeline picked for them
+    /// ([`Verdict::Forward`] with `new_flow`), i.e. connections.
+    pub new_flows: u64,
     /// [`Verdict::Reply`]s: ARP replies and neighbor advertisements.
     pub replies: u64,
     /// [`Verdict::Exception`]s.
@@ -274,9 +282,12 @@ impl Counters {
     #[inline]
     pub(super) fn count(&mut self, v: &Verdict) {
         match *v {
-            Verdict::Forward { bytes, .. } => {
+            Verdict::Forward {
+                bytes, new_flow, ..
+            } => {
                 self.forwarded += 1;
                 self.forwarded_bytes += u64::from(bytes);
+                self.new_flows += u64::from(new_flow);
             }
             Verdict::Reply => self.replies += 1,
             Verdict::Exception => self.exceptions += 1,

@@ -15,7 +15,7 @@
 use std::fmt;
 use std::mem::{offset_of, size_of};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use thiserror::Error;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -26,9 +26,14 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 pub const MAGIC: u64 = u64::from_be_bytes(*b"SLUICEtb");
 
 /// The region format this build reads and writes. Any change to a struct below, the
-/// [`Geometry`] rules or the publication protocol bumps it; a dataplane that meets another
-/// version refuses the region ([`crate::io::shm::ShmError::AbiMismatch`]).
-pub const ABI_VERSION: u32 = 2;
+/// [`Geometry`] rules or the publication protocol bumps it; a dataplane or control that meets
+/// another version refuses the region ([`crate::io::shm::ShmError::AbiMismatch`]).
+///
+/// History: 1, the first format; 2 added per-backend counters ([`BackendCounters`],
+/// [`BackendEntry::counter_slot`]); 3 added [`ServiceCounters::connections`] (the counter
+/// pair became a 32-byte `{packets, bytes, connections, reserved}`) and
+/// [`Header::counters_size`].
+pub const ABI_VERSION: u32 = 3;
 
 /// Alignment of every arena block (backend array or Maglev table), in bytes: one cache line.
 pub const BLOCK_ALIGN: u64 = 64;
@@ -62,7 +67,7 @@ pub const MAX_TABLE_SIZE: u32 = 655_373;
 /// The largest backend count per service a reader accepts (`maglev::MAX_BACKENDS`).
 pub const MAX_BACKENDS: u32 = 65_534;
 
-/// Per-backend counter slots per service and worker (ABI version 2): a service's backends
+/// Per-backend counter slots per service and worker (since ABI version 2): a service's backends
 /// get stable counter slots `0..BACKEND_COUNTER_SLOTS` ([`BackendEntry::counter_slot`]);
 /// backends beyond that are not counted per backend (their service counters still are).
 pub const BACKEND_COUNTER_SLOTS: u32 = 64;
@@ -219,8 +224,9 @@ pub struct Header {
     pub writer_pid: AtomicU64,
     /// [`BACKEND_COUNTER_SLOTS`] of the creator.
     pub backend_counter_slots: AtomicU32,
-    /// Reserved, zero.
-    pub reserved0: AtomicU32,
+    /// `size_of::<ServiceCounters>()` (= `size_of::<BackendCounters>()`) of the creator
+    /// (since ABI version 3; reserved, zero, before).
+    pub counters_size: AtomicU32,
     /// Reserved, zero.
     pub reserved1: [AtomicU64; 12],
 }
@@ -250,6 +256,7 @@ const _: () = assert!(offset_of!(Header, control_heartbeat) == 128);
 const _: () = assert!(offset_of!(Header, writer_epoch) == 136);
 const _: () = assert!(offset_of!(Header, writer_pid) == 144);
 const _: () = assert!(offset_of!(Header, backend_counter_slots) == 152);
+const _: () = assert!(offset_of!(Header, counters_size) == 156);
 const _: () = assert!(offset_of!(Header, reserved1) == 160);
 
 // === Worker block ===
@@ -306,24 +313,69 @@ const _: () = assert!(offset_of!(WorkerBlock, table_switches) == 80);
 const _: () = assert!(offset_of!(WorkerBlock, table_errors) == 88);
 const _: () = assert!(offset_of!(WorkerBlock, drops) == 128);
 
-/// One worker's counters for one service (indexed by the service's directory index), 16 bytes.
-/// Written by that worker only.
+/// One worker's counters for one service (indexed by the service's directory index), 32
+/// bytes. Written by that worker only ([`ServiceCounters::record`]: `Relaxed` load + store, no
+/// locked instruction); control sums them over workers.
+///
+/// 32 bytes, not 24: arrays of it start 128-aligned, so every counter sits inside one
+/// 64-byte line and a packet's bump touches exactly one line (a 24-byte stride would put a
+/// quarter of them across two lines).
 #[derive(Debug, FromBytes, KnownLayout)]
 #[repr(C)]
 pub struct ServiceCounters {
-    /// Packets forwarded for the service.
+    /// Packets forwarded for the service (`sluice_service_packets_total`).
     pub packets: AtomicU64,
-    /// Bytes forwarded for the service.
+    /// Bytes (frames as received) forwarded for the service (`sluice_service_bytes_total`).
     pub bytes: AtomicU64,
+    /// New flows: packets forwarded after the pipeline picked a backend for them by Maglev
+    /// (a conntrack miss, a flow moved off a removed or down backend, or a stateless pick
+    /// when conntrack is full), `sluice_service_connections_total`. Conntrack hits, NAT
+    /// replies and ICMP errors never count. Since ABI version 3.
+    pub connections: AtomicU64,
+    /// Reserved, zero: pads the struct to 32 bytes (see above).
+    pub reserved: AtomicU64,
 }
 
-const _: () = assert!(size_of::<ServiceCounters>() == 16);
+const _: () = assert!(size_of::<ServiceCounters>() == 32);
+const _: () = assert!(offset_of!(ServiceCounters, packets) == 0);
+const _: () = assert!(offset_of!(ServiceCounters, bytes) == 8);
+const _: () = assert!(offset_of!(ServiceCounters, connections) == 16);
+const _: () = assert!(offset_of!(ServiceCounters, reserved) == 24);
 
 /// One worker's counters for one backend counter slot of one service, indexed by
 /// `directory index · BACKEND_COUNTER_SLOTS + counter slot` (see [`BackendEntry::counter_slot`]):
-/// the same 16-byte `{packets, bytes}` pair, written by that worker only.
+/// the same 32-byte `{packets, bytes, connections}` counters, written by that worker only
+/// (`sluice_backend_{packets,bytes,connections}_total`).
 pub type BackendCounters = ServiceCounters;
-const _: () = assert!(offset_of!(ServiceCounters, bytes) == 8);
+
+// === impl ServiceCounters ===
+
+impl ServiceCounters {
+    /// Counts one forwarded packet of `bytes` bytes, and one connection when `new_flow` (the
+    /// pipeline picked the backend for this packet). For the single worker that owns these
+    /// counters only: `Relaxed` loads and stores, no `LOCK` prefix (STYLE rule 10).
+    #[inline]
+    pub fn record(&self, bytes: u64, new_flow: bool) {
+        super::bump(&self.packets, 1);
+        super::bump(&self.bytes, bytes);
+        if new_flow {
+            super::bump(&self.connections, 1);
+        }
+    }
+
+    /// Sets every counter to zero: control, for a counter no live worker writes any more
+    /// (a freed directory index or backend counter slot, before its reuse).
+    pub(crate) fn clear(&self) {
+        for c in [
+            &self.packets,
+            &self.bytes,
+            &self.connections,
+            &self.reserved,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+}
 
 // === Directory ===
 
@@ -881,11 +933,11 @@ impl Default for Capacity {
 }
 
 /// Where each part of a region lives, derived from a [`Capacity`] by fixed rules (part of the
-/// ABI): header at 0; worker blocks at 256; per-worker service counters after them, each
-/// worker's array padded to 128 bytes; per-worker backend counters
-/// (`16 · max_services · BACKEND_COUNTER_SLOTS` bytes each, padded to 128) after those;
-/// directory slots after those, each
-/// `64 + 64·max_services` bytes padded to 128; the arena at the next 4 KiB boundary.
+/// ABI): header at 0; worker blocks at 256; per-worker service counters after them
+/// (`32 · max_services` bytes each, padded to 128); per-worker backend counters
+/// (`32 · max_services · BACKEND_COUNTER_SLOTS` bytes each, padded to 128) after those;
+/// directory slots after those, each `64 + 64·max_services` bytes padded to 128; the arena at
+/// the next 4 KiB boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Geometry {
     /// The capacity this was derived from (arena rounded down to [`BLOCK_ALIGN`]).
@@ -1050,10 +1102,12 @@ mod tests {
         .unwrap();
         assert_eq!(g.workers_offset, 256);
         assert_eq!(g.counters_offset, 256 + 5 * 384);
+        // 3 services × 32 bytes, padded to 128.
         assert_eq!(g.counters_stride, 128);
         assert_eq!(g.backend_counters_offset, 256 + 5 * 384 + 5 * 128);
-        assert_eq!(g.backend_counters_stride, 3 * 64 * 16);
-        assert_eq!(g.dir_offset, g.backend_counters_offset + 5 * 3 * 64 * 16);
+        assert_eq!(g.backend_counters_stride, 3 * 64 * 32);
+        assert_eq!(g.dir_offset, g.backend_counters_offset + 5 * 3 * 64 * 32);
+        assert_eq!(g.backend_counters_offset % CACHE_PAD, 0);
         assert_eq!(g.dir_stride, 256);
         assert_eq!(g.dir_offset % CACHE_PAD, 0);
         assert_eq!(g.arena_offset % ARENA_ALIGN, 0);
@@ -1064,6 +1118,16 @@ mod tests {
         assert!(!g.arena_span_ok(64, g.arena_len));
         assert!(!g.arena_span_ok(1, 0));
         assert!(!g.arena_span_ok(u64::MAX - 63, 128));
+        // 5 services × 32 bytes = 160, padded to 256.
+        let g5 = Geometry::new(Capacity {
+            max_services: 5,
+            max_workers: 2,
+            dir_slots: 2,
+            arena_bytes: 4096,
+        })
+        .unwrap();
+        assert_eq!(g5.counters_stride, 256);
+        assert_eq!(g5.backend_counters_stride, 5 * 64 * 32);
     }
 
     #[test]

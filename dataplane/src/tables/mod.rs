@@ -3,7 +3,7 @@
 //! [`Writer`] control calls and the [`Tables`] / [`Worker`] the dataplane calls. The mapped
 //! memory itself is handled by [`crate::io::shm`]; nothing here dereferences a pointer.
 //!
-//! # Region layout (ABI version 2)
+//! # Region layout (ABI version 3)
 //!
 //! One named region (hugetlbfs, else `/dev/shm`), created by control. `W` = `max_workers`,
 //! `S` = `max_services`, `D` = `dir_slots`,
@@ -16,16 +16,19 @@
 //!    0..128             magic, abi_version, layout                           at creation;
 //!                       sizes, capacity, offsets,                            `published` on each
 //!                       published = gen<<8 | dir slot                        publication (release)
-//!    128..256           control_heartbeat, writer_epoch                      control, often
+//!    128..256           control_heartbeat, writer_epoch,                     control, often
+//!                       counter slots and size (once)
 //!  256                WorkerBlock[W]                    384 each, align 128 worker i (single
 //!                       owner (incarnation|state), ack,                      writer; control may
 //!                       heartbeat, pid, rx/tx, conntrack,                    flip owner to dead)
 //!                       switches, errors, drops[32]
-//!  ..                 ServiceCounters[S] per worker     16·S, pad to 128    worker i
-//!                       {packets, bytes} by dir index
-//!  ..                 BackendCounters[S·B] per worker   16·S·B, pad to 128  worker i
-//!                       {packets, bytes} by dir index ·                      (control zeroes
-//!                       B + BackendEntry.counter_slot                        retired slots)
+//!  ..                 ServiceCounters[S] per worker     32·S, pad to 128    worker i
+//!                       {packets, bytes, connections,                        (control zeroes
+//!                       reserved} by dir index                               freed indices)
+//!  ..                 BackendCounters[S·B] per worker   32·S·B, pad to 128  worker i
+//!                       {packets, bytes, connections,                        (control zeroes
+//!                       reserved} by dir index · B +                         retired slots)
+//!                       BackendEntry.counter_slot
 //!  ..                 Directory slot[D]                 64 + 64·S, pad 128  control, only while
 //!                       DirHeader {generation, count}                        no worker can read it
 //!                       ServiceEntry[S] {vip, port,
@@ -80,13 +83,27 @@
 //!
 //! Each worker owns its [`WorkerBlock`] (rx/tx packets and bytes, conntrack fill, table
 //! switches and errors, 32 drop counters by reason) and an array of [`ServiceCounters`]
-//! (packets, bytes) indexed by directory index, `16 · max_services` bytes padded to 128: 16 KiB
-//! per worker for the default 1024 services. Workers write them with [`bump`]; control sums
-//! them ([`Writer::workers`], [`Writer::service_totals`]). A removed service's index is
-//! reused only after every live worker acked its removal, and its counters are zeroed then.
+//! (packets, bytes, connections) indexed by directory index, `32 · max_services` bytes padded
+//! to 128: 32 KiB per worker for the default 1024 services. Workers write them with [`bump`]
+//! ([`ServiceCounters::record`], [`Worker::count_forward`]); control sums them
+//! ([`Writer::workers`], [`Writer::service_totals`]). A removed service's index is reused only
+//! after every live worker acked its removal, and its counters are zeroed then.
 //!
-//! Per-backend counters (ABI version 2): each worker also owns `S · B` [`BackendCounters`]
-//! (16 B each; 1 MiB per worker for the defaults), indexed by `dir index · B + counter slot`.
+//! *Connections* (since ABI version 3) are new flows: a packet counts one on its service and on
+//! its backend when the pipeline picked that backend by Maglev for it — a conntrack miss (the
+//! entry is created then), a tracked flow moved off a removed or down backend (it is new to
+//! its new backend), or a stateless pick because conntrack is full (then every packet of such
+//! a flow counts, as each is a pick). Conntrack hits, NAT replies and ICMP errors about a flow
+//! never count. The count rides on the packet's verdict (`new_flow` in
+//! [`Verdict::Forward`](crate::pipeline::Verdict::Forward)), so it is bumped with the
+//! packet's own counters, in the same cache line, and only when that packet is forwarded: a
+//! flow whose first packet is dropped after its entry was made (its backend's MAC not yet
+//! resolved, no encap headroom) is not counted. Service connections equal the sum over the
+//! service's backends while every backend has a counter slot.
+//!
+//! Per-backend counters (since ABI version 2): each worker also owns `S · B`
+//! [`BackendCounters`] (32 B each; 2 MiB per worker for the defaults), indexed by
+//! `dir index · B + counter slot`.
 //! Control gives each backend of a service a *counter slot* in `0..B`, stored in its
 //! [`BackendEntry::counter_slot`]: stable while the backend stays in the service (its Maglev
 //! position may change), so counts never move between backends. A removed backend's slot is
@@ -95,10 +112,10 @@
 //! meanwhile gets another free slot or none (`u16::MAX`: not counted per backend, still
 //! counted per service). A service's `B` slots are all zeroed when its directory index is
 //! freed. Workers map the pipeline's `BackendId` to the slot with [`Worker::count_backend`]
-//! (two binary searches, over services and over the service's `(id, slot)` pairs sorted at
-//! switch time; no allocation per packet); control sums with [`Writer::backend_totals`]. A
-//! re-attached writer recovers slots from the published backends and retires every other
-//! slot of a published service at the published generation.
+//! (via [`Worker::count_forward`]; two binary searches, over services and over the service's
+//! `(id, slot)` pairs sorted at switch time; no allocation per packet); control sums with
+//! [`Writer::backend_totals`]. A re-attached writer recovers slots from the published
+//! backends and retires every other slot of a published service at the published generation.
 //!
 //! # Restarts
 //!

@@ -432,15 +432,40 @@ impl Worker {
         &self.counters
     }
 
-    /// Counts one forwarded packet of `bytes` bytes for `view`'s service.
+    /// Counts one forwarded packet of `bytes` bytes for `view`'s service, and one connection
+    /// when `new_flow` ([`ServiceCounters::record`]).
     #[inline]
-    pub fn count(&self, view: &ServiceView, bytes: u64) {
-        if let Some(c) = usize::try_from(view.index)
+    pub fn count(&self, view: &ServiceView, bytes: u64, new_flow: bool) {
+        self.count_service(view.index, bytes, new_flow);
+    }
+
+    /// Counts one forwarded packet for the service at directory index `service_index` and,
+    /// when `backend` is given, for that backend: what the worker loop does with each
+    /// [`Verdict::Forward { service, backend, bytes, new_flow }`](crate::pipeline::Verdict::Forward).
+    /// `new_flow` also counts a connection on both. No allocation, no hashing: an index for
+    /// the service, [`Worker::count_backend`]'s two binary searches for the backend. Unknown
+    /// services and backends are ignored.
+    #[inline]
+    pub fn count_forward(
+        &self,
+        service_index: u32,
+        backend: Option<BackendId>,
+        bytes: u64,
+        new_flow: bool,
+    ) {
+        self.count_service(service_index, bytes, new_flow);
+        if let Some(id) = backend {
+            self.count_backend(service_index, id, bytes, new_flow);
+        }
+    }
+
+    #[inline]
+    fn count_service(&self, service_index: u32, bytes: u64, new_flow: bool) {
+        if let Some(c) = usize::try_from(service_index)
             .ok()
             .and_then(|i| self.counters.get(i))
         {
-            bump(&c.packets, 1);
-            bump(&c.bytes, bytes);
+            c.record(bytes, new_flow);
         }
     }
 
@@ -452,13 +477,20 @@ impl Worker {
         &self.backend_counters
     }
 
-    /// Counts one forwarded packet of `bytes` bytes for backend `backend` of the service at
-    /// directory index `service_index` (what the pipeline's `Verdict::Forward` carries).
-    /// Cost: a binary search of the views by index and one of the service's backends by id,
-    /// then two `Relaxed` load+stores; no allocation. Unknown services or backends, and
-    /// backends without a counter slot, are ignored.
+    /// Counts one forwarded packet of `bytes` bytes, and one connection when `new_flow`, for
+    /// backend `backend` of the service at directory index `service_index` (what the
+    /// pipeline's `Verdict::Forward` carries). Cost: a binary search of the views by index and
+    /// one of the service's backends by id, then `Relaxed` load+stores into one cache line; no
+    /// allocation. Unknown services or backends, and backends without a counter slot, are
+    /// ignored.
     #[inline]
-    pub fn count_backend(&self, service_index: u32, backend: BackendId, bytes: u64) {
+    pub fn count_backend(
+        &self,
+        service_index: u32,
+        backend: BackendId,
+        bytes: u64,
+        new_flow: bool,
+    ) {
         let Ok(v) = self.views.binary_search_by_key(&service_index, |v| v.index) else {
             return;
         };
@@ -470,8 +502,7 @@ impl Worker {
             .ok()
             .and_then(|i| self.backend_counters.get(i))
         {
-            bump(&c.packets, 1);
-            bump(&c.bytes, bytes);
+            c.record(bytes, new_flow);
         }
     }
 

@@ -16,8 +16,8 @@ use super::alloc::Block;
 use super::layout::{
     BACKEND_COUNTER_SLOTS, BACKEND_ENTRY_SIZE, Backend, BackendEntry, BackendId, Capacity,
     DROP_REASONS, DirHeader, Generation, Geometry, MAX_BACKENDS, Mode, NO_COUNTER_SLOT, OWNER_DEAD,
-    OWNER_LIVE, ServiceEntry, ServiceId, ServiceKey, WorkerBlock, pack_owner, pack_published,
-    unpack_owner, unpack_published,
+    OWNER_LIVE, ServiceCounters, ServiceEntry, ServiceId, ServiceKey, WorkerBlock, pack_owner,
+    pack_published, unpack_owner, unpack_published,
 };
 use super::ledger::{BeginError, Ledger, Shape};
 use super::liveness::{Liveness, Verdict};
@@ -231,13 +231,31 @@ pub struct WorkerStatus {
     pub counters: WorkerCounters,
 }
 
-/// Per-service totals summed over every worker.
+/// Per-service (or per-backend) totals summed over every worker: what control exports as
+/// `sluice_{service,backend}_{packets,bytes,connections}_total`. Each is a sum of
+/// monotonic per-worker counters (wrapping at 2⁶⁴), zeroed only when the directory index or
+/// backend counter slot is freed for reuse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ServiceTotals {
-    /// Packets.
+    /// Packets forwarded.
     pub packets: u64,
-    /// Bytes.
+    /// Bytes forwarded (frames as received).
     pub bytes: u64,
+    /// Connections: new flows, each counted once when the pipeline picked its backend (see
+    /// [`ServiceCounters::connections`] for exactly what counts).
+    pub connections: u64,
+}
+
+// === impl ServiceTotals ===
+
+impl ServiceTotals {
+    /// Adds one worker's counters (`Relaxed` loads: each is a monotonic counter on its own).
+    fn add(&mut self, c: &ServiceCounters) {
+        let r = Ordering::Relaxed;
+        self.packets = self.packets.wrapping_add(c.packets.load(r));
+        self.bytes = self.bytes.wrapping_add(c.bytes.load(r));
+        self.connections = self.connections.wrapping_add(c.connections.load(r));
+    }
 }
 
 /// The single writer of a table region (the control daemon). See the [module docs](super).
@@ -664,8 +682,7 @@ impl Writer {
                     .backend_counters(w)
                     .and_then(|c| c.get(usize::try_from(i).ok()?))
                 {
-                    c.packets.store(0, Ordering::Relaxed);
-                    c.bytes.store(0, Ordering::Relaxed);
+                    c.clear();
                 }
             }
         }
@@ -678,8 +695,7 @@ impl Writer {
                     .service_counters(w)
                     .and_then(|c| c.get(usize::try_from(index).ok()?))
                 {
-                    c.packets.store(0, Ordering::Relaxed);
-                    c.bytes.store(0, Ordering::Relaxed);
+                    c.clear();
                 }
             }
         }
@@ -748,7 +764,9 @@ impl Writer {
         }
     }
 
-    /// Packets and bytes of directory index `index`, summed over every worker block.
+    /// Packets, bytes and connections of the service at directory index `index` (see
+    /// [`Writer::service`]), summed over every worker block (live and dead). All zero for an
+    /// unused or out-of-range index.
     #[must_use]
     pub fn service_totals(&self, index: u32) -> ServiceTotals {
         let mut t = ServiceTotals::default();
@@ -757,16 +775,15 @@ impl Writer {
         };
         for w in 0..self.map.geometry().capacity.max_workers {
             if let Some(c) = self.map.service_counters(w).and_then(|c| c.get(i)) {
-                t.packets = t.packets.wrapping_add(c.packets.load(Ordering::Relaxed));
-                t.bytes = t.bytes.wrapping_add(c.bytes.load(Ordering::Relaxed));
+                t.add(c);
             }
         }
         t
     }
 
-    /// Packets and bytes of each published backend of the service at directory index `index`,
-    /// summed over every worker block (live and dead), sorted by backend id. Empty for an
-    /// unused index. Backends without a counter slot are left out.
+    /// Packets, bytes and connections of each published backend of the service at directory
+    /// index `index`, summed over every worker block (live and dead), sorted by backend id.
+    /// Empty for an unused index. Backends without a counter slot are left out.
     #[must_use]
     pub fn backend_totals(&self, index: u32) -> Vec<(BackendId, ServiceTotals)> {
         let Some(cs) = self.slots.get(&index) else {
@@ -784,8 +801,7 @@ impl Writer {
                         .backend_counters(w)
                         .and_then(|c| c.get(usize::try_from(i).ok()?))
                     {
-                        t.packets = t.packets.wrapping_add(c.packets.load(Ordering::Relaxed));
-                        t.bytes = t.bytes.wrapping_add(c.bytes.load(Ordering::Relaxed));
+                        t.add(c);
                     }
                 }
                 (id, t)
