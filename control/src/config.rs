@@ -11,6 +11,9 @@
 //! - `node.name` non-empty; `node.ipv4` / `node.ipv6` parse as addresses of that family;
 //! - `tables.*` form a valid region [`Capacity`];
 //! - `metrics.listen` is an `ip:port` socket address with a non-zero port;
+//! - `api.socket` is absolute (or `""` for none); `api.listen`, when set, is an `ip:port` and
+//!   comes with `api.tls_cert` and `api.tls_key` (TCP only with TLS); TLS files without a
+//!   listener, and neither a socket nor a listener, are refused;
 //! - pool names are unique and non-empty; every pool address is a CIDR (`10.0.0.0/24`, host
 //!   bits zero) or a range (`10.0.0.10-10.0.0.20`, one family, first ≤ last);
 //! - service names are unique and non-empty, keys `(vip, port, protocol)` are unique, `port`
@@ -22,6 +25,12 @@
 //!   its family matches the VIP's; `port` other than the service port is allowed in `nat`
 //!   mode only (the other modes do not rewrite ports); `mac` is a unicast, non-zero
 //!   `aa:bb:cc:dd:ee:ff`; `weight` ≥ 1; `state` is `active` or `draining`;
+//! - `health` (optional, one per service): `kind` is `tcp` or `http`; `port`, when given, is
+//!   1–65535; `path`, `host` and `expect` are for `http` only; `path` starts with `/` and
+//!   `host` is non-empty, both without whitespace or control characters; `expect` is a status
+//!   code `200` or an inclusive range `200-399` within 100–599, first ≤ last; `interval_ms` is
+//!   50–3600000; `timeout_ms` is at least 10 and below `interval_ms`; `rise` and `fall` are
+//!   1–100;
 //! - the services fit the region: at most `max_services`, and twice the sum of their arena
 //!   blocks fits `arena_mb` (an update needs the new block while the old one waits for acks).
 //!
@@ -30,10 +39,16 @@
 //! backend list (so established flows keep it through conntrack) and is given Maglev weight 0,
 //! so it owns no table entries; its configured weight is kept for when it returns to `active`.
 //! A service whose backends all drain accepts no new flows.
+//!
+//! **Health checks** ([`HealthCheck`], run by [`crate::health`]) do not change what is
+//! published: a service's tables depend on its key, mode, size and backends only, so a reload
+//! that changes only `[services.health]` rewrites no table.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use sluice_dataplane::maglev::{MAGLEV_SIZES, MAX_BACKENDS, TableSize};
@@ -107,6 +122,69 @@ pub struct Config {
     /// The Prometheus endpoint. Default: all of [`MetricsSection`]'s defaults.
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// The gRPC API. Default: all of [`ApiSection`]'s defaults.
+    #[serde(default)]
+    pub api: ApiSection,
+}
+
+/// `[api]`: where the gRPC API (`sluicectl`) is served. Read at start-up only.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// The Unix socket (created mode 0600). Default `"/run/sluice/control.sock"`; `""` serves
+    /// no socket.
+    #[serde(default = "default_api_socket")]
+    pub socket: String,
+    /// A TCP listen address, `ip:port`, served with TLS only. Default: none.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// The server certificate chain (PEM file). Required with `listen`.
+    #[serde(default)]
+    pub tls_cert: Option<String>,
+    /// The server's private key (PEM file). Required with `listen`.
+    #[serde(default)]
+    pub tls_key: Option<String>,
+    /// A CA (PEM file): when set, TCP clients must present a certificate it signed.
+    #[serde(default)]
+    pub tls_client_ca: Option<String>,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            socket: default_api_socket(),
+            listen: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+        }
+    }
+}
+
+fn default_api_socket() -> String {
+    "/run/sluice/control.sock".into()
+}
+
+/// The validated `[api]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiConfig {
+    /// The Unix socket, if any.
+    pub socket: Option<PathBuf>,
+    /// The TCP address, if any (then `tls` is set).
+    pub listen: Option<SocketAddr>,
+    /// TLS files for the TCP listener.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The TCP listener's TLS files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Private key (PEM).
+    pub key: PathBuf,
+    /// CA for client certificates (PEM), when clients must present one.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// `[metrics]`: the Prometheus scrape endpoint (`GET /metrics`).
@@ -230,6 +308,60 @@ pub struct ServiceSection {
     pub table_size: u32,
     /// The backends (at least one).
     pub backends: Vec<BackendSection>,
+    /// `[services.health]`: an active check run against every backend. Default: none (no
+    /// checks; every backend counts as healthy).
+    #[serde(default)]
+    pub health: Option<HealthSection>,
+}
+
+/// `[services.health]`: how to check each backend of the service.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    /// `"tcp"` (a connect succeeds) or `"http"` (an HTTP/1.1 `GET` answers with a status in
+    /// `expect`). Required.
+    pub kind: String,
+    /// Port to check, 1–65535. Default: the backend's `port` when it has one, else the
+    /// service port.
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// `http` only: the request path, starting with `/`. Default `"/"`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// `http` only: the `Host` header. Default: the backend's address and, unless it is 80,
+    /// the checked port (`10.90.0.11:8080`, `[fd90::11]:8080`).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// `http` only: accepted status codes, one (`"200"`) or an inclusive range
+    /// (`"200-399"`), within 100–599. Default `"200-399"`.
+    #[serde(default)]
+    pub expect: Option<String>,
+    /// Time between checks of one backend, in milliseconds, 50–3600000. Default 1000.
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    /// Time one check may take (connect, and for `http` the request and status line), in
+    /// milliseconds, at least 10 and below `interval_ms`. Default 500.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Consecutive successes that make a backend up, 1–100. Default 2.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Consecutive failures that make a backend down, 1–100. Default 2.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+}
+
+fn default_interval_ms() -> u64 {
+    1000
+}
+fn default_timeout_ms() -> u64 {
+    500
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    2
 }
 
 fn default_protocol() -> String {
@@ -291,6 +423,8 @@ pub struct Desired {
     pub services: BTreeMap<String, ServiceDef>,
     /// Where the metrics endpoint listens.
     pub metrics: SocketAddr,
+    /// Where the API is served.
+    pub api: ApiConfig,
 }
 
 /// A validated service.
@@ -304,7 +438,61 @@ pub struct ServiceDef {
     pub table_size: TableSize,
     /// Backends, sorted by name (unique).
     pub backends: Vec<BackendDef>,
+    /// The active health check, if configured. Not part of what is published: the publisher's
+    /// diff ignores it.
+    pub health: Option<HealthCheck>,
 }
+
+impl ServiceDef {
+    /// The port [`HealthCheck`]s of `backend` connect to: the check's own `port`, else the
+    /// backend's NAT port, else the service port.
+    #[must_use]
+    pub fn health_port(&self, check: &HealthCheck, backend: &BackendDef) -> u16 {
+        match (check.port, backend.port) {
+            (Some(p), _) => p,
+            (None, 0) => self.key.port(),
+            (None, p) => p,
+        }
+    }
+}
+
+/// A validated `[services.health]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// What a check does.
+    pub kind: HealthKind,
+    /// The configured port; `None` means the backend's port (see [`ServiceDef::health_port`]).
+    pub port: Option<u16>,
+    /// Time between checks (50 ms – 1 h).
+    pub interval: Duration,
+    /// Limit for one check (≥ 10 ms, below `interval`).
+    pub timeout: Duration,
+    /// Consecutive successes that make a backend up (1–100).
+    pub rise: u32,
+    /// Consecutive failures that make a backend down (1–100).
+    pub fall: u32,
+}
+
+/// The kind of a [`HealthCheck`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthKind {
+    /// A TCP connect that succeeds within the timeout.
+    Tcp,
+    /// An HTTP/1.1 `GET` whose status line arrives within the timeout with a code in `expect`.
+    Http {
+        /// Request path (starts with `/`; no whitespace or control characters).
+        path: String,
+        /// `Host` header; `None`: the backend's address (and port unless 80).
+        host: Option<String>,
+        /// Accepted status codes (within 100–599).
+        expect: RangeInclusive<u16>,
+    },
+}
+
+/// Limits of `[services.health]`.
+const HEALTH_INTERVAL_MS: RangeInclusive<u64> = 50..=3_600_000;
+const HEALTH_MIN_TIMEOUT_MS: u64 = 10;
+const HEALTH_COUNT: RangeInclusive<u32> = 1..=100;
 
 /// A validated backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -463,6 +651,7 @@ impl Config {
         if metrics.port() == 0 {
             return Err(bad("metrics.listen", "port must be 1-65535"));
         }
+        let api = validate_api(&self.api)?;
 
         let mut services = BTreeMap::new();
         let mut keys: BTreeMap<ServiceKey, usize> = BTreeMap::new();
@@ -515,8 +704,67 @@ impl Config {
             pools,
             services,
             metrics,
+            api,
         })
     }
+}
+
+fn validate_api(a: &ApiSection) -> Result<ApiConfig, (String, String)> {
+    let socket = (!a.socket.is_empty()).then(|| PathBuf::from(&a.socket));
+    if socket.as_ref().is_some_and(|p| p.is_relative()) {
+        return Err(bad("api.socket", "must be an absolute path"));
+    }
+    let file = |field: &str, v: &Option<String>| -> Result<Option<PathBuf>, (String, String)> {
+        match v.as_deref() {
+            None => Ok(None),
+            Some("") => Err(bad(format!("api.{field}"), "must not be empty")),
+            Some(p) => Ok(Some(PathBuf::from(p))),
+        }
+    };
+    let cert = file("tls_cert", &a.tls_cert)?;
+    let key = file("tls_key", &a.tls_key)?;
+    let client_ca = file("tls_client_ca", &a.tls_client_ca)?;
+    let Some(listen) = &a.listen else {
+        if cert.is_some() || key.is_some() || client_ca.is_some() {
+            return Err(bad(
+                "api.listen",
+                "tls_cert / tls_key / tls_client_ca are set but there is no TCP listener",
+            ));
+        }
+        if socket.is_none() {
+            return Err(bad(
+                "api.socket",
+                "with no socket and no TCP listener the API would be unreachable",
+            ));
+        }
+        return Ok(ApiConfig {
+            socket,
+            listen: None,
+            tls: None,
+        });
+    };
+    let addr: SocketAddr = listen.parse().map_err(|_| {
+        bad(
+            "api.listen",
+            format!("{listen:?} is not an ip:port socket address"),
+        )
+    })?;
+    let (Some(cert), Some(key)) = (cert, key) else {
+        return Err(bad(
+            "api.listen",
+            "TCP is served with TLS only: set tls_cert and tls_key (and tls_client_ca to require \
+             client certificates)",
+        ));
+    };
+    Ok(ApiConfig {
+        socket,
+        listen: Some(addr),
+        tls: Some(TlsFiles {
+            cert,
+            key,
+            client_ca,
+        }),
+    })
 }
 
 fn bad(field: impl Into<String>, reason: impl Into<String>) -> (String, String) {
@@ -694,12 +942,155 @@ fn validate_service(
         ));
     }
     backends.sort_by(|a, b| a.name.cmp(&b.name));
+    let health = s
+        .health
+        .as_ref()
+        .map(|h| validate_health(h, &format!("{f}.health")))
+        .transpose()?;
     Ok(ServiceDef {
         key: ServiceKey::new(vip, s.port, proto),
         mode,
         table_size,
         backends,
+        health,
     })
+}
+
+fn validate_health(h: &HealthSection, f: &str) -> Result<HealthCheck, (String, String)> {
+    let http = match h.kind.as_str() {
+        "tcp" => false,
+        "http" => true,
+        other => {
+            return Err(bad(
+                format!("{f}.kind"),
+                format!("{other:?}: expected \"tcp\" or \"http\""),
+            ));
+        }
+    };
+    if h.port == Some(0) {
+        return Err(bad(format!("{f}.port"), "must be 1-65535"));
+    }
+    if !http {
+        for (name, set) in [
+            ("path", h.path.is_some()),
+            ("host", h.host.is_some()),
+            ("expect", h.expect.is_some()),
+        ] {
+            if set {
+                return Err(bad(
+                    format!("{f}.{name}"),
+                    "applies to kind = \"http\" only",
+                ));
+            }
+        }
+    }
+    let kind = if http {
+        let path = h.path.clone().unwrap_or_else(|| "/".to_owned());
+        if !path.starts_with('/') {
+            return Err(bad(
+                format!("{f}.path"),
+                format!("{path:?} must start with '/'"),
+            ));
+        }
+        if !is_header_token(&path) {
+            return Err(bad(
+                format!("{f}.path"),
+                format!("{path:?} must not contain whitespace or control characters"),
+            ));
+        }
+        if let Some(host) = &h.host
+            && (host.is_empty() || !is_header_token(host))
+        {
+            return Err(bad(
+                format!("{f}.host"),
+                format!("{host:?} must be non-empty, without whitespace or control characters"),
+            ));
+        }
+        let expect = match &h.expect {
+            None => 200..=399,
+            Some(e) => parse_status_range(e).map_err(|r| bad(format!("{f}.expect"), r))?,
+        };
+        HealthKind::Http {
+            path,
+            host: h.host.clone(),
+            expect,
+        }
+    } else {
+        HealthKind::Tcp
+    };
+    if !HEALTH_INTERVAL_MS.contains(&h.interval_ms) {
+        return Err(bad(
+            format!("{f}.interval_ms"),
+            format!(
+                "{} is outside {}-{}",
+                h.interval_ms,
+                HEALTH_INTERVAL_MS.start(),
+                HEALTH_INTERVAL_MS.end()
+            ),
+        ));
+    }
+    if h.timeout_ms < HEALTH_MIN_TIMEOUT_MS {
+        return Err(bad(
+            format!("{f}.timeout_ms"),
+            format!("must be at least {HEALTH_MIN_TIMEOUT_MS}"),
+        ));
+    }
+    if h.timeout_ms >= h.interval_ms {
+        return Err(bad(
+            format!("{f}.timeout_ms"),
+            format!("must be less than interval_ms ({})", h.interval_ms),
+        ));
+    }
+    for (name, n) in [("rise", h.rise), ("fall", h.fall)] {
+        if !HEALTH_COUNT.contains(&n) {
+            return Err(bad(
+                format!("{f}.{name}"),
+                format!(
+                    "{n} is outside {}-{}",
+                    HEALTH_COUNT.start(),
+                    HEALTH_COUNT.end()
+                ),
+            ));
+        }
+    }
+    Ok(HealthCheck {
+        kind,
+        port: h.port,
+        interval: Duration::from_millis(h.interval_ms),
+        timeout: Duration::from_millis(h.timeout_ms),
+        rise: h.rise,
+        fall: h.fall,
+    })
+}
+
+/// Whether `s` can go into a request line or header as is: no whitespace, no control
+/// characters (which would let a config value inject headers).
+fn is_header_token(s: &str) -> bool {
+    !s.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// `"200"` or `"200-399"`: HTTP status codes within 100–599, first ≤ last.
+fn parse_status_range(s: &str) -> Result<RangeInclusive<u16>, String> {
+    let code = |c: &str| -> Result<u16, String> {
+        let c = c.trim();
+        match c.parse::<u16>() {
+            Ok(n) if (100..=599).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "{s:?}: {c:?} is not an HTTP status code (100-599); expected \"200\" or \"200-399\""
+            )),
+        }
+    };
+    let (lo, hi) = match s.split_once('-') {
+        Some((a, b)) => (code(a)?, code(b)?),
+        None => {
+            let n = code(s)?;
+            (n, n)
+        }
+    };
+    if lo > hi {
+        return Err(format!("{s:?}: the first code is above the last"));
+    }
+    Ok(lo..=hi)
 }
 
 /// `aa:bb:cc:dd:ee:ff` (hex, either case), unicast and not all zero.
@@ -908,6 +1299,53 @@ mac = "02:90:00:00:00:0b"
                 .starts_with("/nonexistent/sluice.toml: cannot read"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn api_defaults_to_the_socket_and_tcp_needs_tls() {
+        let d = check(EXAMPLE).expect("valid");
+        assert_eq!(
+            d.api,
+            ApiConfig {
+                socket: Some("/run/sluice/control.sock".into()),
+                listen: None,
+                tls: None
+            }
+        );
+        let with =
+            |api: &str| EXAMPLE.replacen("[tables]", &format!("[api]\n{api}\n\n[tables]"), 1);
+        let tls = with(
+            "socket = \"\"\nlisten = \"127.0.0.1:9443\"\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"",
+        );
+        let d = check(&tls).expect("valid");
+        assert_eq!(d.api.socket, None);
+        assert_eq!(d.api.listen, Some("127.0.0.1:9443".parse().unwrap()));
+        assert_eq!(d.api.tls.as_ref().map(|t| t.client_ca.clone()), Some(None));
+        for (api, field, reason) in [
+            ("listen = \"127.0.0.1:9443\"", "api.listen", "TLS only"),
+            (
+                "listen = \"127.0.0.1:9443\"\ntls_cert = \"/c.pem\"",
+                "api.listen",
+                "TLS only",
+            ),
+            ("tls_cert = \"/c.pem\"", "api.listen", "no TCP listener"),
+            ("socket = \"\"", "api.socket", "unreachable"),
+            ("socket = \"run/x.sock\"", "api.socket", "absolute"),
+            (
+                "listen = \"nope\"\ntls_cert = \"/c\"\ntls_key = \"/k\"",
+                "api.listen",
+                "not an ip:port",
+            ),
+            (
+                "listen = \"[::1]:1\"\ntls_cert = \"\"\ntls_key = \"/k\"",
+                "api.tls_cert",
+                "empty",
+            ),
+        ] {
+            let e = check(&with(api)).unwrap_err();
+            assert_eq!(e.field(), field, "{api}: {e}");
+            assert!(e.to_string().contains(reason), "{api}: {e}");
+        }
     }
 
     #[test]
@@ -1258,6 +1696,249 @@ mac = "02:90:00:00:00:0b"
             (BackendState::Draining, 3, 0)
         );
         assert_eq!(d.services["web"].backends[0].maglev_weight(), 1);
+    }
+
+    /// The example's service with its `[services.health]` table replaced by `table`.
+    fn with_health(table: &str) -> String {
+        let start = EXAMPLE
+            .find("[services.health]")
+            .expect("example has a health table");
+        let end = EXAMPLE[start..]
+            .find("\n\n")
+            .map_or(EXAMPLE.len(), |n| start + n);
+        let mut text = EXAMPLE.to_owned();
+        text.replace_range(start..end, table);
+        text
+    }
+
+    fn health_rejects(table: &str, field: &str, reason: &str) {
+        let e = check(&with_health(table)).unwrap_err();
+        assert!(matches!(e, ConfigError::Invalid { .. }), "{table}: {e:?}");
+        assert_eq!(e.field(), field, "{table}: {e}");
+        assert!(e.to_string().contains(reason), "{table}: {e}");
+    }
+
+    #[test]
+    fn the_example_health_check_parses() {
+        let web = &check(EXAMPLE).expect("valid").services["web"];
+        let h = web.health.as_ref().expect("health");
+        assert_eq!(
+            *h,
+            HealthCheck {
+                kind: HealthKind::Http {
+                    path: "/".into(),
+                    host: None,
+                    expect: 200..=399
+                },
+                port: None,
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_millis(500),
+                rise: 2,
+                fall: 2,
+            }
+        );
+        // Without the table there is no check.
+        let none = check(&with_health("")).expect("valid");
+        assert_eq!(none.services["web"].health, None);
+    }
+
+    #[test]
+    fn health_defaults_and_every_field() {
+        let d = check(&with_health("[services.health]\nkind = \"tcp\"")).expect("valid");
+        let web = &d.services["web"];
+        let h = web.health.as_ref().expect("health");
+        assert_eq!(
+            (
+                h.kind.clone(),
+                h.port,
+                h.interval,
+                h.timeout,
+                h.rise,
+                h.fall
+            ),
+            (
+                HealthKind::Tcp,
+                None,
+                Duration::from_millis(1000),
+                Duration::from_millis(500),
+                2,
+                2
+            )
+        );
+        let d = check(&with_health(
+            "[services.health]\nkind = \"http\"\nport = 9000\npath = \"/healthz?full=1\"\n\
+             host = \"web.example\"\nexpect = \"204\"\ninterval_ms = 50\ntimeout_ms = 10\n\
+             rise = 1\nfall = 100",
+        ))
+        .expect("valid");
+        let h = d.services["web"].health.clone().expect("health");
+        assert_eq!(
+            h,
+            HealthCheck {
+                kind: HealthKind::Http {
+                    path: "/healthz?full=1".into(),
+                    host: Some("web.example".into()),
+                    expect: 204..=204
+                },
+                port: Some(9000),
+                interval: Duration::from_millis(50),
+                timeout: Duration::from_millis(10),
+                rise: 1,
+                fall: 100,
+            }
+        );
+        let h = check(&with_health(
+            "[services.health]\nkind = \"http\"\nexpect = \" 200 - 299 \"\ninterval_ms = 3600000\ntimeout_ms = 3599999",
+        ))
+        .expect("valid")
+        .services["web"]
+            .health
+            .clone()
+            .expect("health");
+        assert!(matches!(h.kind, HealthKind::Http { ref expect, .. } if *expect == (200..=299)));
+    }
+
+    #[test]
+    fn health_port_defaults_to_the_backend_then_the_service() {
+        let p = "mac = \"02:90:00:00:00:0c\"";
+        let d = check(&EXAMPLE.replacen(p, &format!("{p}\nport = 9090"), 1)).expect("valid");
+        let web = &d.services["web"];
+        let h = web.health.clone().expect("health");
+        let ports: Vec<u16> = web
+            .backends
+            .iter()
+            .map(|b| web.health_port(&h, b))
+            .collect();
+        assert_eq!(ports, [8080, 9090, 8080]);
+        let fixed = HealthCheck { port: Some(7), ..h };
+        assert!(web.backends.iter().all(|b| web.health_port(&fixed, b) == 7));
+    }
+
+    #[test]
+    fn health_rules() {
+        let f = "services[0].health";
+        health_rejects(
+            "[services.health]\nkind = \"icmp\"",
+            &format!("{f}.kind"),
+            "expected \"tcp\" or \"http\"",
+        );
+        health_rejects(
+            "[services.health]\nkind = \"tcp\"\nport = 0",
+            &format!("{f}.port"),
+            "1-65535",
+        );
+        for field in ["path = \"/\"", "host = \"h\"", "expect = \"200\""] {
+            let name = field.split(' ').next().unwrap();
+            health_rejects(
+                &format!("[services.health]\nkind = \"tcp\"\n{field}"),
+                &format!("{f}.{name}"),
+                "kind = \"http\" only",
+            );
+        }
+        let http = "[services.health]\nkind = \"http\"\n";
+        health_rejects(
+            &format!("{http}path = \"healthz\""),
+            &format!("{f}.path"),
+            "must start with '/'",
+        );
+        health_rejects(
+            &format!("{http}path = \"\""),
+            &format!("{f}.path"),
+            "must start with '/'",
+        );
+        health_rejects(
+            &format!("{http}path = \"/a b\""),
+            &format!("{f}.path"),
+            "whitespace",
+        );
+        health_rejects(
+            &format!("{http}path = \"/a\\r\\nX-Injected: 1\""),
+            &format!("{f}.path"),
+            "control characters",
+        );
+        health_rejects(
+            &format!("{http}host = \"\""),
+            &format!("{f}.host"),
+            "non-empty",
+        );
+        health_rejects(
+            &format!("{http}host = \"a\\nb\""),
+            &format!("{f}.host"),
+            "control characters",
+        );
+        for (expect, reason) in [
+            ("\"\"", "not an HTTP status code"),
+            ("\"2xx\"", "not an HTTP status code"),
+            ("\"99\"", "not an HTTP status code"),
+            ("\"600\"", "not an HTTP status code"),
+            ("\"200-\"", "not an HTTP status code"),
+            ("\"200-399-500\"", "not an HTTP status code"),
+            ("\"399-200\"", "first code is above the last"),
+        ] {
+            health_rejects(
+                &format!("{http}expect = {expect}"),
+                &format!("{f}.expect"),
+                reason,
+            );
+        }
+        for (ms, reason) in [
+            ("49", "outside 50-3600000"),
+            ("3600001", "outside 50-3600000"),
+        ] {
+            health_rejects(
+                &format!("{http}interval_ms = {ms}\ntimeout_ms = 10"),
+                &format!("{f}.interval_ms"),
+                reason,
+            );
+        }
+        health_rejects(
+            &format!("{http}timeout_ms = 9"),
+            &format!("{f}.timeout_ms"),
+            "at least 10",
+        );
+        health_rejects(
+            &format!("{http}timeout_ms = 1000"),
+            &format!("{f}.timeout_ms"),
+            "must be less than interval_ms (1000)",
+        );
+        health_rejects(
+            &format!("{http}interval_ms = 100"),
+            &format!("{f}.timeout_ms"),
+            "must be less than interval_ms (100)",
+        );
+        for (field, v) in [("rise", 0), ("rise", 101), ("fall", 0), ("fall", 101)] {
+            health_rejects(
+                &format!("{http}{field} = {v}"),
+                &format!("{f}.{field}"),
+                "outside 1-100",
+            );
+        }
+        // The field path names the service by its index in the file.
+        let two =
+            format!("{EXAMPLE}{SECOND}[services.health]\nkind = \"tcp\"\ntimeout_ms = 1000\n");
+        let e = check(&two).unwrap_err();
+        assert_eq!(e.field(), "services[1].health.timeout_ms", "{e}");
+        assert_eq!(
+            e.to_string(),
+            "test.toml: services[1].health.timeout_ms: must be less than interval_ms (1000)"
+        );
+    }
+
+    #[test]
+    fn health_schema_errors() {
+        // `kind` is required once the table exists; unknown fields and wrong types are refused.
+        for table in [
+            "[services.health]\nport = 80",
+            "[services.health]\nkind = \"tcp\"\nretries = 3",
+            "[services.health]\nkind = \"tcp\"\nrise = \"2\"",
+            "[services.health]\nkind = \"tcp\"\nport = 70000",
+            "[services.health]\nkind = \"tcp\"\ninterval_ms = -1",
+        ] {
+            let e = check(&with_health(table)).unwrap_err();
+            assert!(matches!(e, ConfigError::Syntax { .. }), "{table}: {e:?}");
+        }
+        let e = check(&with_health("[services.health]\nport = 80")).unwrap_err();
+        assert!(e.to_string().contains("missing field `kind`"), "{e}");
     }
 
     #[test]

@@ -1,31 +1,50 @@
 //! The table task: owns the region [`Writer`] and the [`Publisher`], publishes the config at
-//! start-up, applies reloads, and keeps the heartbeat and reclamation going until shutdown.
+//! start-up, applies reloads, operator commands and health changes, and keeps the heartbeat
+//! and reclamation going until shutdown.
 //!
 //! Guarantees:
+//! - what is published is always [`effective`]`(config file, overrides, health)` (see
+//!   [`crate::state`]); each input change republishes only the services whose effective
+//!   state changed;
 //! - a reload applies a new config only after it validated completely; an invalid one is
-//!   logged with file, field and reason and the running config stays published;
+//!   logged with file, field and reason, recorded as an event and in [`Snapshot::last_reload`],
+//!   and the running config stays published. Reloads come from SIGHUP and from watching the
+//!   file: a content change (checked every `watch` period) reloads once per distinct content;
+//! - an operator command ([`Command`]) is answered only after its publication was accepted by
+//!   the writer (so `sluicectl weight` returning means the new table is out); a command that
+//!   cannot be published is undone and answered with the error;
 //! - a publication that would block (workers have not acked older generations yet) is retried
 //!   after [`Writer::reclaim`] with exponential back-off (10 ms doubling to 500 ms, no jitter:
 //!   the only contender is the local dataplane) for at most [`Daemon::retry_budget`], then
 //!   reported; the running set changes only when the publication succeeded;
-//! - time comes from the [`Clock`] `main` created; nothing here reads another clock;
+//! - time comes from the [`Clock`] `main` created; nothing here reads another clock (event
+//!   stamps are wall-clock Unix times, for people);
 //! - on shutdown the region is left as it is, so the dataplane keeps forwarding;
-//! - the [`Writer`] stays single-owner: the metrics server gets counters by sending a
+//! - the [`Writer`] stays single-owner: the metrics and API servers get counters by sending a
 //!   [`SnapshotRequest`] that [`Daemon::run`] answers with [`Daemon::snapshot`] between its
 //!   other duties; every publication's duration is observed in [`Daemon::publish_seconds`].
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::metrics::histogram::Histogram;
-use sluice_dataplane::tables::{Generation, PublishError, ShmError, Tick, Writer, WriterOptions};
+use sluice_dataplane::tables::{
+    BackendState, Generation, PublishError, ShmError, Tick, WorkerState, Writer, WriterOptions,
+};
 use sluice_hugepages::Backing;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::config::{Config, ConfigError, Desired};
-use crate::metrics::{BackendSample, ServiceSample, Snapshot, SnapshotRequest};
+use crate::health::{self, Checker, Health, Transition};
+use crate::metrics::SnapshotRequest;
 use crate::publisher::{Diff, Publisher, PublisherError};
+use crate::state::{
+    BackendSample, EventKind, Events, HealthReport, MAX_WEIGHT, Overrides, ReloadRecord,
+    ServiceSample, Snapshot, effective, unix_ms,
+};
 
 /// Why the table task failed.
 #[derive(Debug, thiserror::Error)]
@@ -78,13 +97,81 @@ pub struct Applied {
     pub services: usize,
 }
 
+/// Why an operator command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// No running service has that name.
+    #[error("no service named {0:?}")]
+    NoService(String),
+    /// The service has no backend of that name.
+    #[error("service {service:?} has no backend named {backend:?}")]
+    NoBackend {
+        /// The service.
+        service: String,
+        /// The backend asked for.
+        backend: String,
+    },
+    /// The weight is out of range.
+    #[error("weight {0} is out of range 1–{MAX_WEIGHT} (to stop new flows, drain the backend)")]
+    Weight(u32),
+    /// The change could not be published; nothing changed.
+    #[error("{0}; nothing changed")]
+    Publish(String),
+}
+
+/// What an operator command asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Set the weight (1–[`MAX_WEIGHT`]).
+    Weight(u32),
+    /// Drain (`true`) or undrain (`false`).
+    Drain(bool),
+}
+
+/// An operator command for one backend, answered with the generation in effect afterwards.
+#[derive(Debug)]
+pub struct Command {
+    /// The service's name.
+    pub service: String,
+    /// The backend's name.
+    pub backend: String,
+    /// What to change.
+    pub change: Change,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Result<u64, CommandError>>,
+}
+
+/// The table task's inputs, besides its own timers.
+#[derive(Debug)]
+pub struct Inputs {
+    /// One reload per message (SIGHUP).
+    pub reloads: mpsc::Receiver<()>,
+    /// Snapshot requests (metrics, API).
+    pub snapshots: mpsc::Receiver<SnapshotRequest>,
+    /// Operator commands (API).
+    pub commands: mpsc::Receiver<Command>,
+    /// Turns true at shutdown.
+    pub shutdown: watch::Receiver<bool>,
+}
+
 /// The table task's state.
 #[derive(Debug)]
 pub struct Daemon {
     config: PathBuf,
     writer: Writer,
     publisher: Publisher,
-    running: Desired,
+    /// The running config file's content, validated.
+    file: Desired,
+    /// The content last read from the file (applied or rejected), to reload once per change.
+    file_seen: Option<Vec<u8>>,
+    overrides: Overrides,
+    /// Health by `(service, backend)`: state and the last check's detail.
+    health: BTreeMap<(String, String), (Health, String)>,
+    checker: Checker,
+    transitions: mpsc::Receiver<Transition>,
+    events: Arc<Events>,
+    workers_seen: BTreeMap<(u32, u64), WorkerState>,
+    last_reload: Option<ReloadRecord>,
     clock: Clock,
     /// How long a blocked publication is retried before it is reported. Default 5 s.
     pub retry_budget: Duration,
@@ -99,7 +186,7 @@ impl Daemon {
     /// Opens (or creates) the region `desired` names, adopts what it already publishes, and
     /// publishes `desired` in one generation: every configured service is written (after a
     /// restart with identical content and ids, so the dataplane's flows are unaffected) and
-    /// published keys the config no longer has are removed.
+    /// published keys the config no longer has are removed. Starts the health checks.
     ///
     /// # Errors
     ///
@@ -109,6 +196,7 @@ impl Daemon {
         desired: Desired,
         clock: Clock,
         publish_seconds: Histogram,
+        events: Arc<Events>,
     ) -> Result<(Self, Applied), DaemonError> {
         let writer = Writer::open_or_create(
             &desired.region,
@@ -130,17 +218,38 @@ impl Daemon {
         }
         let mut publisher = Publisher::new();
         publisher.adopt(&writer);
+        let (tx, transitions) = mpsc::channel(256);
+        let file_seen = std::fs::read(&config).ok();
         let mut d = Self {
             config,
             writer,
             publisher,
-            running: desired.clone(),
+            file: desired,
+            file_seen,
+            overrides: Overrides::default(),
+            health: BTreeMap::new(),
+            checker: Checker::new(tx),
+            transitions,
+            events,
+            workers_seen: BTreeMap::new(),
+            last_reload: None,
             clock,
             retry_budget: Duration::from_secs(5),
             publish_seconds,
         };
-        let applied = d.apply(&desired).await?;
-        d.running = desired;
+        let applied = d.publish().await?;
+        d.checker.set_targets(health::targets(&d.file));
+        d.events.emit(
+            EventKind::Started,
+            "",
+            "",
+            format!(
+                "started with {} services from {}",
+                applied.services,
+                d.config.display()
+            ),
+            applied.generation.get(),
+        );
         Ok((d, applied))
     }
 
@@ -148,6 +257,12 @@ impl Daemon {
     #[must_use]
     pub fn writer(&self) -> &Writer {
         &self.writer
+    }
+
+    /// The event log.
+    #[must_use]
+    pub fn events(&self) -> &Arc<Events> {
+        &self.events
     }
 
     /// Publishes what differs between the running set and `desired`.
@@ -192,6 +307,17 @@ impl Daemon {
         })
     }
 
+    /// Publishes the effective state of the running file, overrides and health.
+    async fn publish(&mut self) -> Result<Applied, DaemonError> {
+        let health = &self.health;
+        let want = effective(&self.file, &self.overrides, |s, b| {
+            health
+                .get(&(s.to_owned(), b.to_owned()))
+                .map_or(Health::Unknown, |h| h.0)
+        });
+        self.apply(&want).await
+    }
+
     /// Re-reads the config file and applies it. An invalid file, or a failed publication,
     /// leaves the running config in place; either is logged and returned.
     ///
@@ -199,33 +325,159 @@ impl Daemon {
     ///
     /// [`ReloadError`].
     pub async fn reload(&mut self) -> Result<Applied, ReloadError> {
+        self.file_seen = std::fs::read(&self.config).ok();
         let desired = Config::load(&self.config).map_err(ReloadError::Config)?;
-        if desired.region != self.running.region {
+        if desired.region != self.file.region {
             return Err(ReloadError::Config(ConfigError::Invalid {
                 file: self.config.display().to_string(),
                 field: "tables.region".into(),
                 reason: format!(
                     "changing the region ({:?} → {:?}) needs a restart",
-                    self.running.region, desired.region
+                    self.file.region, desired.region
                 ),
             }));
         }
-        if desired.metrics != self.running.metrics {
+        if desired.metrics != self.file.metrics {
             tracing::warn!(
-                running = %self.running.metrics,
+                running = %self.file.metrics,
                 configured = %desired.metrics,
                 "metrics.listen changes take effect only after a restart"
             );
         }
-        if desired.capacity != self.running.capacity {
+        if desired.api != self.file.api {
+            tracing::warn!("[api] changes take effect only after a restart");
+        }
+        if desired.capacity != self.file.capacity {
             tracing::warn!("tables capacity changes take effect only when the region is recreated");
         }
-        let applied = self.apply(&desired).await.map_err(ReloadError::Apply)?;
-        self.running = desired;
-        Ok(applied)
+        let previous = std::mem::replace(&mut self.file, desired);
+        let mut overrides = self.overrides.clone();
+        overrides.retain(&self.file);
+        let kept = std::mem::replace(&mut self.overrides, overrides);
+        match self.publish().await {
+            Ok(applied) => {
+                self.checker.set_targets(health::targets(&self.file));
+                let file = &self.file;
+                self.health.retain(|(s, b), _| {
+                    file.services.get(s).is_some_and(|d| {
+                        d.health.is_some() && d.backends.iter().any(|x| x.name == *b)
+                    })
+                });
+                Ok(applied)
+            }
+            Err(e) => {
+                self.file = previous;
+                self.overrides = kept;
+                Err(ReloadError::Apply(e))
+            }
+        }
     }
 
-    /// The region's counters now, labelled with the running config's names.
+    /// Applies an operator command and publishes it (see [`Command`]).
+    ///
+    /// # Errors
+    ///
+    /// [`CommandError`]; nothing changed then.
+    pub async fn command(
+        &mut self,
+        service: &str,
+        backend: &str,
+        change: Change,
+    ) -> Result<u64, CommandError> {
+        let def = self
+            .file
+            .services
+            .get(service)
+            .ok_or_else(|| CommandError::NoService(service.to_owned()))?;
+        if !def.backends.iter().any(|b| b.name == backend) {
+            return Err(CommandError::NoBackend {
+                service: service.to_owned(),
+                backend: backend.to_owned(),
+            });
+        }
+        let before = self.overrides.get(service, backend);
+        let mut after = before;
+        let (kind, message) = match change {
+            Change::Weight(w) if !(1..=MAX_WEIGHT).contains(&w) => {
+                return Err(CommandError::Weight(w));
+            }
+            Change::Weight(w) => {
+                after.weight = Some(w);
+                (EventKind::WeightChanged, format!("weight set to {w}"))
+            }
+            Change::Drain(true) => {
+                after.drained = Some(true);
+                (
+                    EventKind::Drained,
+                    "drained: no new flows; established ones stay".to_owned(),
+                )
+            }
+            Change::Drain(false) => {
+                after.drained = Some(false);
+                (
+                    EventKind::Undrained,
+                    "undrained: takes new flows".to_owned(),
+                )
+            }
+        };
+        if after == before {
+            return Ok(self.writer.generation().get());
+        }
+        self.overrides.set(service, backend, after);
+        match self.publish().await {
+            Ok(a) => {
+                let g = a.generation.get();
+                self.events.emit(kind, service, backend, message, g);
+                Ok(g)
+            }
+            Err(e) => {
+                self.overrides.set(service, backend, before);
+                let msg = e.to_string();
+                self.events
+                    .emit(EventKind::PublishFailed, service, backend, msg.clone(), 0);
+                Err(CommandError::Publish(msg))
+            }
+        }
+    }
+
+    /// Records a health transition and republishes when the backend's serving state changes.
+    async fn health_changed(&mut self, t: Transition) {
+        let key = (t.service.clone(), t.backend.clone());
+        let Some(def) = self.file.services.get(&t.service) else {
+            return;
+        };
+        if def.health.is_none() || !def.backends.iter().any(|b| b.name == t.backend) {
+            return;
+        }
+        let was_down = self.health.get(&key).is_some_and(|h| h.0 == Health::Down);
+        self.health.insert(key, (t.to, t.detail.clone()));
+        let generation = if was_down == (t.to == Health::Down) {
+            0
+        } else {
+            match self.publish().await {
+                Ok(a) => a.generation.get(),
+                Err(e) => {
+                    self.events.emit(
+                        EventKind::PublishFailed,
+                        &t.service,
+                        &t.backend,
+                        format!("after a health change: {e}"),
+                        0,
+                    );
+                    0
+                }
+            }
+        };
+        self.events.emit(
+            EventKind::HealthChanged,
+            &t.service,
+            &t.backend,
+            format!("health {:?} → {:?}: {}", t.from, t.to, t.detail),
+            generation,
+        );
+    }
+
+    /// Everything the API and the metrics report, now.
     pub fn snapshot(&mut self) -> Snapshot {
         let now = self.clock.now();
         let workers = self.writer.workers(now);
@@ -237,64 +489,159 @@ impl Daemon {
             .filter_map(|(name, def)| {
                 let (index, _) = self.writer.service(&def.key)?;
                 let t = self.writer.service_totals(index);
-                let backends = self
+                let mut totals: BTreeMap<String, _> = self
                     .writer
                     .backend_totals(index)
                     .into_iter()
-                    .map(|(id, b)| BackendSample {
-                        name: ids
+                    .map(|(id, b)| {
+                        let n = ids
                             .backend_name(name, id)
-                            .map_or_else(|| format!("id:{}", id.0), str::to_owned),
-                        packets: b.packets,
-                        bytes: b.bytes,
+                            .map_or_else(|| format!("id:{}", id.0), str::to_owned);
+                        (n, b)
                     })
                     .collect();
+                let file_def = self.file.services.get(name);
+                let checked = file_def.is_some_and(|d| d.health.is_some());
+                let mut backends: Vec<BackendSample> = def
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        let c = totals.remove(&b.name).unwrap_or_default();
+                        let configured =
+                            file_def.and_then(|d| d.backends.iter().find(|x| x.name == b.name));
+                        let (health, detail) =
+                            match self.health.get(&(name.clone(), b.name.clone())) {
+                                _ if !checked => (HealthReport::Unchecked, String::new()),
+                                None => (HealthReport::Unknown, String::new()),
+                                Some((h, d)) => (report(*h), d.clone()),
+                            };
+                        BackendSample {
+                            name: b.name.clone(),
+                            addr: Some(b.addr),
+                            port: b.port,
+                            weight: b.weight,
+                            configured_weight: configured.map_or(b.weight, |x| x.weight),
+                            state: b.state,
+                            drained: self.overrides.get(name, &b.name).drained.unwrap_or(
+                                configured.is_some_and(|x| x.state == BackendState::Draining),
+                            ),
+                            health,
+                            health_detail: detail,
+                            table_share: self.publisher.table_share(name, &b.name),
+                            packets: c.packets,
+                            bytes: c.bytes,
+                            connections: c.connections,
+                        }
+                    })
+                    .collect();
+                backends.extend(totals.into_iter().map(|(n, c)| BackendSample {
+                    name: n,
+                    addr: None,
+                    port: 0,
+                    weight: 0,
+                    configured_weight: 0,
+                    state: BackendState::Down,
+                    drained: false,
+                    health: HealthReport::Unchecked,
+                    health_detail: String::new(),
+                    table_share: 0.0,
+                    packets: c.packets,
+                    bytes: c.bytes,
+                    connections: c.connections,
+                }));
                 Some(ServiceSample {
                     name: name.clone(),
+                    key: def.key,
+                    mode: def.mode,
+                    table_size: def.table_size.get(),
                     packets: t.packets,
                     bytes: t.bytes,
+                    connections: t.connections,
                     backends,
                 })
             })
             .collect();
         Snapshot {
+            node: self.file.node.clone(),
+            region: self.file.region.clone(),
+            config: self.config.display().to_string(),
+            uptime: now.saturating_since(Tick::default()),
             generation: self.writer.generation().get(),
             services,
             workers,
+            last_reload: self.last_reload.clone(),
         }
     }
 
-    /// The periodic duty: bump the control heartbeat and free what workers moved past.
+    /// The periodic duty: bump the control heartbeat, free what workers moved past, and
+    /// record workers that appeared, died or came back.
     pub fn tick(&mut self) {
         self.writer.heartbeat();
-        self.writer.reclaim(self.clock.now());
+        let now = self.clock.now();
+        self.writer.reclaim(now);
+        let workers = self.writer.workers(now);
+        for w in &workers {
+            let key = (w.index, w.pid);
+            let before = self.workers_seen.insert(key, w.state);
+            if before != Some(w.state) {
+                let what = match (before, w.state) {
+                    (None, WorkerState::Live) => "attached",
+                    (None, WorkerState::Dead) => "found dead (stale heartbeat)",
+                    (Some(_), WorkerState::Dead) => "stopped (heartbeat stale)",
+                    (Some(_), WorkerState::Live) => "heartbeat resumed",
+                };
+                self.events.emit(
+                    EventKind::WorkerChanged,
+                    "",
+                    "",
+                    format!("worker {} (pid {}) {what}", w.index, w.pid),
+                    0,
+                );
+            }
+        }
+        self.workers_seen
+            .retain(|k, _| workers.iter().any(|w| (w.index, w.pid) == *k));
+    }
+
+    /// Reloads when the file's content differs from the content last read.
+    async fn watch_file(&mut self) {
+        let Ok(now) = std::fs::read(&self.config) else {
+            return;
+        };
+        if self.file_seen.as_deref() != Some(now.as_slice()) {
+            tracing::info!(config = %self.config.display(), "config file changed: reloading");
+            self.log_reload().await;
+        }
     }
 
     /// Runs until `shutdown` turns true (or its sender goes away): a reload per message on
-    /// `reloads`, a [`Daemon::snapshot`] per request on `snapshots`, [`Daemon::tick`] every
-    /// `period`.
-    pub async fn run(
-        mut self,
-        mut reloads: mpsc::Receiver<()>,
-        mut snapshots: mpsc::Receiver<SnapshotRequest>,
-        mut shutdown: watch::Receiver<bool>,
-        period: Duration,
-    ) {
+    /// `reloads` and per change of the file's content (checked every `watch`, if any), a
+    /// [`Daemon::snapshot`] per request, a [`Daemon::command`] per command, a health
+    /// transition per report, [`Daemon::tick`] every `period`.
+    pub async fn run(mut self, mut inputs: Inputs, period: Duration, watch: Option<Duration>) {
         let mut interval = tokio::time::interval(period);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut file_timer = tokio::time::interval(watch.unwrap_or(Duration::from_secs(3600)));
+        file_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
-                changed = shutdown.changed() => {
-                    if changed.is_err() || *shutdown.borrow() {
+                changed = inputs.shutdown.changed() => {
+                    if changed.is_err() || *inputs.shutdown.borrow() {
                         break;
                     }
                 }
-                Some(()) = reloads.recv() => self.log_reload().await,
-                Some(reply) = snapshots.recv() => {
-                    // The scrape may have gone away; nothing to do then.
+                Some(()) = inputs.reloads.recv() => self.log_reload().await,
+                Some(reply) = inputs.snapshots.recv() => {
+                    // The caller may have gone away; nothing to do then.
                     let _ = reply.send(self.snapshot());
                 }
+                Some(c) = inputs.commands.recv() => {
+                    let r = self.command(&c.service, &c.backend, c.change).await;
+                    let _ = c.reply.send(r);
+                }
+                Some(t) = self.transitions.recv() => self.health_changed(t).await,
                 _ = interval.tick() => self.tick(),
+                _ = file_timer.tick(), if watch.is_some() => self.watch_file().await,
             }
         }
         tracing::info!(
@@ -304,28 +651,53 @@ impl Daemon {
     }
 
     async fn log_reload(&mut self) {
-        match self.reload().await {
-            Ok(a) if a.diff.is_empty() => {
-                tracing::info!(services = a.services, "config reloaded: no change");
+        let (ok, message, generation) = match self.reload().await {
+            Ok(a) if a.diff.is_empty() => (
+                true,
+                format!("config reloaded: no change ({} services)", a.services),
+                0,
+            ),
+            Ok(a) => (
+                true,
+                format!(
+                    "config reloaded and applied: added {:?}, changed {:?}, removed {:?}, {} unchanged",
+                    a.diff.added, a.diff.changed, a.diff.removed, a.diff.unchanged
+                ),
+                a.generation.get(),
+            ),
+            Err(ReloadError::Config(e)) => {
+                tracing::error!(error = %e, field = e.field(), "config rejected; keeping the running config");
+                (
+                    false,
+                    format!("config rejected, running config kept: {e}"),
+                    0,
+                )
             }
-            Ok(a) => tracing::info!(
-                generation = a.generation.get(),
-                added = ?a.diff.added,
-                changed = ?a.diff.changed,
-                removed = ?a.diff.removed,
-                unchanged = a.diff.unchanged,
-                "config reloaded and applied"
+            Err(ReloadError::Apply(e)) => (
+                false,
+                format!("publishing the new config failed, running config kept: {e}"),
+                0,
             ),
-            Err(ReloadError::Config(e)) => tracing::error!(
-                error = %e,
-                field = e.field(),
-                "config rejected; keeping the running config"
-            ),
-            Err(ReloadError::Apply(e)) => tracing::error!(
-                error = %e,
-                "publishing the new config failed; keeping the running config"
-            ),
-        }
+        };
+        let kind = if ok {
+            EventKind::ConfigApplied
+        } else {
+            EventKind::ConfigRejected
+        };
+        self.events.emit(kind, "", "", message.clone(), generation);
+        self.last_reload = Some(ReloadRecord {
+            unix_ms: unix_ms(),
+            ok,
+            message,
+        });
+    }
+}
+
+fn report(h: Health) -> HealthReport {
+    match h {
+        Health::Unknown => HealthReport::Unknown,
+        Health::Up => HealthReport::Up,
+        Health::Down => HealthReport::Down,
     }
 }
 

@@ -8,6 +8,11 @@
 //!   has stopped, the scrape answers `503`.
 //! - **Names** (all prefixed `sluice_`; counters end in `_total`):
 //!   `service_packets_total{service}`, `service_bytes_total{service}`,
+//!   `service_connections_total{service}`, `backend_connections_total{service,backend}` (new
+//!   flows given a backend: a conntrack miss, never a hit or a NAT reply),
+//!   `backend_health_up{service,backend}` (only for services with a health check),
+//!   `backend_weight{service,backend}`, `backend_state{service,backend,state}` (1 for the
+//!   published state of `active`, `draining`, `down`),
 //!   `backend_packets_total{service,backend}`, `backend_bytes_total{service,backend}` (summed
 //!   over workers; a service counts every packet forwarded for it in both directions, NAT
 //!   replies included, while a backend counts client → backend packets only; services by config name, backends mapped from their table id back to the
@@ -22,8 +27,7 @@
 //!   for the workers' acks).
 //! - Counters come from the region and restart from zero when the region is recreated, or,
 //!   for one service or backend, when it is removed and added again (Prometheus treats a
-//!   decrease as a reset). Connections per service/backend are not exported: the dataplane
-//!   does not count them yet.
+//!   decrease as a reset).
 //! - **HTTP.** One request per connection (`Connection: close`); the request head must arrive
 //!   within 5 s and fit 8 KiB. `GET /metrics` (any query) → 200, other paths → 404, other
 //!   methods → 405, a malformed head → 400.
@@ -40,7 +44,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use sluice_dataplane::pipeline::DropReason;
-use sluice_dataplane::tables::{WorkerState, WorkerStatus};
+use sluice_dataplane::tables::{BackendState, WorkerState};
+
+use crate::state::HealthReport;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -69,40 +75,7 @@ pub enum MetricsError {
     },
 }
 
-/// Packets and bytes of one backend.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BackendSample {
-    /// The backend's config name (`id:<n>` when unknown).
-    pub name: String,
-    /// Packets.
-    pub packets: u64,
-    /// Bytes.
-    pub bytes: u64,
-}
-
-/// Packets and bytes of one published service and its backends.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceSample {
-    /// The service's config name.
-    pub name: String,
-    /// Packets.
-    pub packets: u64,
-    /// Bytes.
-    pub bytes: u64,
-    /// Its backends, by id order.
-    pub backends: Vec<BackendSample>,
-}
-
-/// What one scrape reports, read from the region by the table task.
-#[derive(Debug, Clone)]
-pub struct Snapshot {
-    /// The published generation.
-    pub generation: u64,
-    /// The running services, by name.
-    pub services: Vec<ServiceSample>,
-    /// The attached worker blocks.
-    pub workers: Vec<WorkerStatus>,
-}
+pub use crate::state::{BackendSample, ServiceSample, Snapshot};
 
 /// The publish-duration histogram: 100 µs to about 26 s in ×4 steps.
 #[must_use]
@@ -112,6 +85,15 @@ pub fn publish_histogram() -> Histogram {
 
 type Labels = Vec<(&'static str, String)>;
 
+/// The label value for a backend state.
+fn state_name(s: BackendState) -> &'static str {
+    match s {
+        BackendState::Active => "active",
+        BackendState::Draining => "draining",
+        BackendState::Down => "down",
+    }
+}
+
 /// Encodes `snap` and the publish histogram as OpenMetrics text.
 #[must_use]
 pub fn render(snap: &Snapshot, publish_seconds: &Histogram) -> String {
@@ -119,16 +101,38 @@ pub fn render(snap: &Snapshot, publish_seconds: &Histogram) -> String {
 
     let svc_packets = Family::<Labels, Counter>::default();
     let svc_bytes = Family::<Labels, Counter>::default();
+    let svc_conns = Family::<Labels, Counter>::default();
     let be_packets = Family::<Labels, Counter>::default();
     let be_bytes = Family::<Labels, Counter>::default();
+    let be_conns = Family::<Labels, Counter>::default();
+    let be_health = Family::<Labels, Gauge>::default();
+    let be_weight = Family::<Labels, Gauge>::default();
+    let be_state = Family::<Labels, Gauge>::default();
     for s in &snap.services {
         let l = vec![("service", s.name.clone())];
         svc_packets.get_or_create(&l).inc_by(s.packets);
         svc_bytes.get_or_create(&l).inc_by(s.bytes);
+        svc_conns.get_or_create(&l).inc_by(s.connections);
         for b in &s.backends {
             let l = vec![("service", s.name.clone()), ("backend", b.name.clone())];
             be_packets.get_or_create(&l).inc_by(b.packets);
             be_bytes.get_or_create(&l).inc_by(b.bytes);
+            be_conns.get_or_create(&l).inc_by(b.connections);
+            be_weight.get_or_create(&l).set(i64::from(b.weight));
+            if b.health != HealthReport::Unchecked {
+                be_health
+                    .get_or_create(&l)
+                    .set(i64::from(b.health != HealthReport::Down));
+            }
+            for st in [
+                BackendState::Active,
+                BackendState::Draining,
+                BackendState::Down,
+            ] {
+                let mut l = l.clone();
+                l.push(("state", state_name(st).to_owned()));
+                be_state.get_or_create(&l).set(i64::from(b.state == st));
+            }
         }
     }
     reg.register(
@@ -140,6 +144,32 @@ pub fn render(snap: &Snapshot, publish_seconds: &Histogram) -> String {
         "service_bytes",
         "Bytes forwarded for the service in both directions (NAT replies included), over all workers",
         svc_bytes,
+    );
+    reg.register(
+        "service_connections",
+        "New connections (flows) assigned a backend for the service, over all workers",
+        svc_conns,
+    );
+    reg.register(
+        "backend_connections",
+        "New connections (flows) assigned to the backend, over all workers",
+        be_conns,
+    );
+    reg.register(
+        "backend_health_up",
+        "1 while the backend passes its health check (or has not failed it yet), 0 while it \
+         fails; absent for services without a health check",
+        be_health,
+    );
+    reg.register(
+        "backend_weight",
+        "The backend's weight in effect (an API override, else the config's)",
+        be_weight,
+    );
+    reg.register(
+        "backend_state",
+        "1 for the backend's published state (active, draining, down), 0 for the others",
+        be_state,
     );
     reg.register(
         "backend_packets",
@@ -381,9 +411,29 @@ async fn answer(
 
 #[cfg(test)]
 mod tests {
-    use sluice_dataplane::tables::{Generation, WorkerCounters};
+    use sluice_dataplane::tables::{
+        Generation, Mode, Proto, ServiceKey, WorkerCounters, WorkerStatus,
+    };
 
     use super::*;
+
+    fn backend(name: &str, packets: u64, health: HealthReport) -> BackendSample {
+        BackendSample {
+            name: name.into(),
+            addr: Some("10.0.0.1".parse().expect("ip")),
+            port: 0,
+            weight: 2,
+            configured_weight: 1,
+            state: BackendState::Active,
+            drained: false,
+            health,
+            health_detail: String::new(),
+            table_share: 0.5,
+            packets,
+            bytes: packets * 100,
+            connections: packets / 2,
+        }
+    }
 
     #[test]
     fn routes() {
@@ -417,26 +467,22 @@ mod tests {
             heartbeat_age: Duration::ZERO,
             counters,
         };
+        let mut down = backend("b2", 4, HealthReport::Down);
+        down.state = BackendState::Down;
         let snap = Snapshot {
             generation: 4,
             services: vec![ServiceSample {
                 name: "web".into(),
+                key: ServiceKey::new("10.0.0.100".parse().expect("ip"), 80, Proto::Tcp),
+                mode: Mode::Nat,
+                table_size: 251,
                 packets: 7,
                 bytes: 700,
-                backends: vec![
-                    BackendSample {
-                        name: "b1".into(),
-                        packets: 3,
-                        bytes: 300,
-                    },
-                    BackendSample {
-                        name: "b2".into(),
-                        packets: 4,
-                        bytes: 400,
-                    },
-                ],
+                connections: 3,
+                backends: vec![backend("b1", 3, HealthReport::Up), down],
             }],
             workers: vec![worker(0, WorkerState::Live), worker(1, WorkerState::Dead)],
+            ..Snapshot::empty()
         };
         let h = publish_histogram();
         h.observe(0.002);
@@ -468,6 +514,36 @@ mod tests {
                 &[("service", "web"), ("backend", "b2")]
             ),
             400.0
+        );
+        assert_eq!(
+            value("sluice_service_connections_total", &[("service", "web")]),
+            3.0
+        );
+        assert_eq!(
+            value(
+                "sluice_backend_connections_total",
+                &[("service", "web"), ("backend", "b2")]
+            ),
+            2.0
+        );
+        let b =
+            |name: &str, backend: &str| value(name, &[("service", "web"), ("backend", backend)]);
+        assert_eq!(b("sluice_backend_health_up", "b1"), 1.0);
+        assert_eq!(b("sluice_backend_health_up", "b2"), 0.0);
+        assert_eq!(b("sluice_backend_weight", "b1"), 2.0);
+        assert_eq!(
+            value(
+                "sluice_backend_state",
+                &[("service", "web"), ("backend", "b2"), ("state", "down")]
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(
+                "sluice_backend_state",
+                &[("service", "web"), ("backend", "b2"), ("state", "active")]
+            ),
+            0.0
         );
         assert_eq!(
             value("sluice_dataplane_drops_total", &[("reason", "no_service")]),

@@ -6,9 +6,10 @@
 //! - **Only the difference is published.** [`diff`] compares the running services with the
 //!   desired ones by name: a service is *added*, *removed*, *changed* (any field differs: key,
 //!   mode, table size, a backend's address/port/MAC/weight/state, the backend set) or
-//!   *unchanged*. Unchanged services are not rewritten: their arena blocks stay shared with
-//!   the previous generation. A service whose key changed is an upsert of the new key plus a
-//!   removal of the old one, in the same generation.
+//!   *unchanged* (the `health` check is not compared: it publishes nothing). Unchanged
+//!   services are not rewritten: their arena blocks stay shared with the previous generation.
+//!   A service whose key changed is an upsert of the new key plus a removal of the old one,
+//!   in the same generation.
 //! - **Stable ids** ([`Ids`]). A service's `ServiceId` and a backend's `BackendId` (unique
 //!   within its service) are kept in memory for as long as the name is running, so a reload
 //!   never renumbers anything, and the dataplane's conntrack entries (which store both ids)
@@ -82,7 +83,7 @@ pub fn diff(
     for (name, want) in desired {
         match running.get(name) {
             None => d.added.push(name.clone()),
-            Some(have) if have != want => d.changed.push(name.clone()),
+            Some(have) if !same_tables(have, want) => d.changed.push(name.clone()),
             Some(_) => d.unchanged += 1,
         }
     }
@@ -92,6 +93,20 @@ pub fn diff(
         .cloned()
         .collect();
     d
+}
+
+/// Whether `a` and `b` publish the same tables: every field but `health` (health checks run
+/// in control and never reach the dataplane). Destructured so that a new field must be
+/// sorted into one group or the other.
+fn same_tables(a: &ServiceDef, b: &ServiceDef) -> bool {
+    let ServiceDef {
+        key,
+        mode,
+        table_size,
+        backends,
+        health: _,
+    } = a;
+    *key == b.key && *mode == b.mode && *table_size == b.table_size && *backends == b.backends
 }
 
 /// Stable service and backend ids (see the module docs).
@@ -187,6 +202,8 @@ pub struct Prepared {
     upserts: Vec<Built>,
     removes: Vec<ServiceKey>,
     services: BTreeMap<String, ServiceDef>,
+    /// Table shares of the upserted services.
+    shares: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
 impl Prepared {
@@ -226,6 +243,9 @@ pub struct Publisher {
     stale: BTreeSet<ServiceKey>,
     /// Ids found published at start-up, by key.
     hints: BTreeMap<ServiceKey, u32>,
+    /// The share of its service's Maglev table each running backend owns, by service and
+    /// backend name.
+    shares: BTreeMap<String, BTreeMap<String, f64>>,
     builder: MaglevBuilder,
 }
 
@@ -256,6 +276,16 @@ impl Publisher {
         &self.running
     }
 
+    /// The share (0.0–1.0) of `service`'s Maglev table that `backend` owns; 0 when unknown.
+    #[must_use]
+    pub fn table_share(&self, service: &str, backend: &str) -> f64 {
+        self.shares
+            .get(service)
+            .and_then(|s| s.get(backend))
+            .copied()
+            .unwrap_or(0.0)
+    }
+
     /// The ids in use.
     #[must_use]
     pub fn ids(&self) -> &Ids {
@@ -271,6 +301,7 @@ impl Publisher {
         let d = diff(&self.running, &desired.services);
         let mut upserts = Vec::new();
         let mut upserted = BTreeSet::new();
+        let mut shares = BTreeMap::new();
         for name in d.added.iter().chain(&d.changed) {
             let Some(def) = desired.services.get(name) else {
                 continue;
@@ -302,6 +333,7 @@ impl Publisher {
                     service: name.clone(),
                     source,
                 })?;
+            shares.insert(name.clone(), table_shares(def, &table));
             upserted.insert(def.key);
             upserts.push(Built {
                 key: def.key,
@@ -334,16 +366,37 @@ impl Publisher {
             upserts,
             removes: removes.into_iter().collect(),
             services: desired.services.clone(),
+            shares,
         })
     }
 
     /// Records `prepared` as running, once the writer has published it.
     pub fn commit(&mut self, prepared: Prepared) {
         self.running = prepared.services;
+        self.shares.extend(prepared.shares);
+        let running = &self.running;
+        self.shares.retain(|name, _| running.contains_key(name));
         self.ids.retain(&self.running);
         self.stale.clear();
         self.hints.clear();
     }
+}
+
+/// Each backend's share of `table`, by name (`def.backends` is the order it was built from).
+fn table_shares(def: &ServiceDef, table: &MaglevTable) -> BTreeMap<String, f64> {
+    let mut counts = vec![0_u32; table.backend_order().len()];
+    for &slot in table.as_slice() {
+        if let Some(c) = counts.get_mut(usize::from(slot)) {
+            *c += 1;
+        }
+    }
+    let m = f64::from(table.size().get());
+    table
+        .backend_order()
+        .iter()
+        .zip(counts)
+        .filter_map(|(&input, n)| Some((def.backends.get(input)?.name.clone(), f64::from(n) / m)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -456,6 +509,26 @@ mac = "02:90:00:00:00:0b"
                 "{to}"
             );
         }
+        // A health check alone is no change: it publishes nothing.
+        for (from, to) in [
+            ("kind = \"http\"\npath = \"/\"", "kind = \"tcp\"\nport = 9"),
+            ("rise = 2", "rise = 5"),
+        ] {
+            let c = desired(&format!("{EXAMPLE}{DNS}").replacen(from, to, 1));
+            assert_ne!(c.services["web"].health, a.services["web"].health);
+            let d = diff(&a.services, &c.services);
+            assert!(d.is_empty(), "{to}: {d:?}");
+            assert_eq!(d.unchanged, 2);
+        }
+        let start = EXAMPLE.find("[services.health]").unwrap();
+        let end = EXAMPLE[start..]
+            .find("\n\n")
+            .map_or(EXAMPLE.len(), |n| start + n);
+        let mut no_health = format!("{EXAMPLE}{DNS}");
+        no_health.replace_range(start..end, "");
+        let c = desired(&no_health);
+        assert_eq!(c.services["web"].health, None);
+        assert!(diff(&a.services, &c.services).is_empty());
         // File order alone is no change.
         let moved = desired(&format!(
             "[node]\nname = \"lb1\"\n{DNS}\n{}",
@@ -634,5 +707,14 @@ mac = "02:90:00:00:00:0b"
             .expect("slot");
         let slot = u16::try_from(slot).expect("small");
         assert!(!built.table.as_slice().contains(&slot));
+        // Its share is 0; the two active ones split the table.
+        let shares = &prep.shares["web"];
+        assert_eq!(shares["b3"], 0.0);
+        assert!((shares["b1"] + shares["b2"] - 1.0).abs() < 1e-9);
+        assert!((shares["b1"] - 0.5).abs() < 0.01, "{shares:?}");
+        let b1 = shares["b1"];
+        p.commit(prep);
+        assert_eq!(p.table_share("web", "b1"), b1);
+        assert_eq!(p.table_share("web", "nope"), 0.0);
     }
 }

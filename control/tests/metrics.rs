@@ -4,7 +4,8 @@
 //! parses with a Prometheus text-format parser (`prometheus-parse`) and reports what the
 //! traffic did: the backends' packet counters (client → backend) sum to at least 3 packets
 //! per connection, each backend that served connections counted some, the service's counter
-//! (both directions) exceeds that sum, every drop reason is present, each worker's conntrack
+//! (both directions) exceeds that sum, the connection counters equal the connections each
+//! backend served (and their total), every drop reason is present, each worker's conntrack
 //! capacity is the configured one, and the generation is the one control published.
 //!
 //! Namespaces, processes (killed by PID), the region and the temp files are removed whatever
@@ -12,57 +13,27 @@
 //! test (`cargo build -p sluice-dataplane --bin sluice-dataplane -p sluice-testbed --bins`).
 #![allow(clippy::disallowed_types)] // std::time::Instant: a test's own deadlines.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::Cleanup;
 use prometheus_parse::{Scrape, Value};
 use sluice_dataplane::pipeline::DropReason;
 use sluice_dataplane::tables::Writer;
 use sluice_testbed::{
-    BackendMode, OneArm, Proc, addr, bin_path, client_result, dataplane_test_config, run_client,
+    BackendMode, OneArm, Proc, addr, bin_path, client_result, control_test_config,
+    dataplane_test_config, free_port, run_client,
 };
 
 const PORT: u16 = 8080;
 const CONNECTIONS: usize = 40;
 /// `capacity_per_worker` in `sluice_testbed::dataplane_test_config`.
 const CONNTRACK: u64 = 65536;
-
-/// Files and the region, removed on drop.
-struct Cleanup {
-    region: String,
-    files: Vec<PathBuf>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for f in &self.files {
-            let _ = std::fs::remove_file(f);
-        }
-        let _ = Writer::remove(&self.region);
-    }
-}
-
-fn control_config(region: &str, metrics_port: u16) -> String {
-    let mut s = format!(
-        "[node]\nname = \"lb1\"\nipv4 = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n\
-         [tables]\nregion = \"{region}\"\nmax_services = 16\nmax_workers = 4\narena_mb = 4\n\n\
-         [[services]]\nname = \"web\"\nvip = \"{}\"\nport = {PORT}\nprotocol = \"tcp\"\nmode = \"nat\"\n",
-        addr::LB4,
-        addr::VIP4
-    );
-    for i in 0..3 {
-        s += &format!(
-            "\n[[services.backends]]\nname = \"b{}\"\naddress = \"{}\"\nmac = \"{}\"\n",
-            i + 1,
-            addr::backend4(i),
-            addr::mac_str(addr::backend_host(i))
-        );
-    }
-    s
-}
 
 /// Spawns `cmd` and waits for its `ready` line (see `Proc::spawn_ready`).
 fn spawn_ready(what: &str, cmd: &mut Command, ready: &str) -> (Proc, String) {
@@ -130,17 +101,19 @@ fn metrics_parse_and_match_the_traffic() {
     let dataplane = bin_path("sluice-dataplane").unwrap_or_else(|e| {
         panic!("{e}\nbuild it with: cargo build -p sluice-dataplane --bin sluice-dataplane")
     });
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let metrics_port = free_port();
+    let socket = PathBuf::from(format!("/tmp/sluice-ctl-met-{pid}.sock"));
 
     let tb = OneArm::new("met", 3, BackendMode::Nat).expect("testbed");
     let _servers = tb
         .start_servers(&bin_path("tb-server").expect("tb-server"), PORT)
         .expect("servers");
 
-    std::fs::write(&cfg, control_config(&region, metrics_port)).expect("config");
+    std::fs::write(
+        &cfg,
+        control_test_config(&region, metrics_port, &socket, PORT, 3),
+    )
+    .expect("config");
     let mut control_cmd = Command::new(env!("CARGO_BIN_EXE_sluice-control"));
     control_cmd
         .args(["--config".as_ref(), cfg.as_os_str()])
@@ -205,6 +178,12 @@ fn metrics_parse_and_match_the_traffic() {
         let p = value(&s, "sluice_backend_packets_total", &l);
         let got = per.get(b).copied().unwrap_or(0);
         assert_eq!(p > 0.0, got > 0, "{b}: {p} packets, {got} connections");
+        // Each client connection is one new flow, counted once, on the backend that served it.
+        assert_eq!(
+            value(&s, "sluice_backend_connections_total", &l),
+            f64::from(u32::try_from(got).expect("small")),
+            "{b}: connections"
+        );
         sum += p;
         bytes += value(&s, "sluice_backend_bytes_total", &l);
     }
@@ -217,6 +196,15 @@ fn metrics_parse_and_match_the_traffic() {
     );
     assert!(sum < service, "backends {sum}, service {service}");
     assert!(bytes < value(&s, "sluice_service_bytes_total", &[("service", "web")]));
+    assert_eq!(
+        value(
+            &s,
+            "sluice_service_connections_total",
+            &[("service", "web")]
+        ),
+        f64::from(u32::try_from(CONNECTIONS).expect("small")),
+        "service connections"
+    );
     for r in DropReason::ALL {
         value(
             &s,

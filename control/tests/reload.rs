@@ -10,66 +10,40 @@
 //! test (`cargo build -p sluice-dataplane --bin sluice-dataplane -p sluice-testbed --bins`).
 #![allow(clippy::disallowed_types)] // std::time::Instant: a test's own deadlines.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::Cleanup;
 use sluice_dataplane::tables::Writer;
 use sluice_testbed::{
-    BackendMode, OneArm, Proc, addr, bin_path, client_result, dataplane_test_config, run_client,
+    BackendMode, OneArm, Proc, addr, bin_path, client_result, control_test_config,
+    dataplane_test_config, free_port, run_client,
 };
 
 const PORT: u16 = 8080;
-
-/// Files and the region, removed on drop.
-struct Cleanup {
-    region: String,
-    files: Vec<PathBuf>,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for f in &self.files {
-            let _ = std::fs::remove_file(f);
-        }
-        let _ = Writer::remove(&self.region);
-    }
-}
 
 /// A free loopback port for control's metrics listener (fixed for the whole test), so that a
 /// concurrent control elsewhere on this host does not collide on the default 9109.
 fn metrics_port() -> u16 {
     static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
-    *PORT.get_or_init(|| {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port()
-    })
+    *PORT.get_or_init(free_port)
 }
 
+fn socket() -> PathBuf {
+    PathBuf::from(format!("/tmp/sluice-ctl-{}.sock", std::process::id()))
+}
+
+/// The testbed's control config; `broken` gives b3 a bad MAC.
 fn control_config(region: &str, backends: usize, broken: bool) -> String {
-    let mut s = format!(
-        "[node]\nname = \"lb1\"\nipv4 = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:{}\"\n\n[tables]\nregion = \"{region}\"\nmax_services = 16\nmax_workers = 4\narena_mb = 4\n\n\
-         [[pools]]\nname = \"demo\"\naddresses = [\"10.90.0.96/28\"]\n\n\
-         [[services]]\nname = \"web\"\nvip = \"{}\"\nport = {PORT}\nprotocol = \"tcp\"\nmode = \"nat\"\n",
-        addr::LB4,
-        metrics_port(),
-        addr::VIP4
-    );
-    for i in 0..backends {
-        let mac = if broken && i == 2 {
-            "02:90:00:00:00".to_owned()
-        } else {
-            addr::mac_str(addr::backend_host(i))
-        };
-        s += &format!(
-            "\n[[services.backends]]\nname = \"b{}\"\naddress = \"{}\"\nmac = \"{mac}\"\n",
-            i + 1,
-            addr::backend4(i)
-        );
+    let s = control_test_config(region, metrics_port(), &socket(), PORT, backends);
+    if broken {
+        s.replacen(&addr::mac_str(addr::backend_host(2)), "02:90:00:00:00", 1)
+    } else {
+        s
     }
-    s
 }
 
 fn dataplane_bin() -> PathBuf {
@@ -146,7 +120,7 @@ fn control_publishes_reloads_rejects_bad_configs_and_leaves_the_tables_on_exit()
     let log = PathBuf::from(format!("/tmp/sluice-ctl-{pid}.log"));
     let _cleanup = Cleanup {
         region: region.clone(),
-        files: vec![cfg.clone(), dp_cfg.clone(), log.clone()],
+        files: vec![cfg.clone(), dp_cfg.clone(), log.clone(), socket()],
     };
     let dataplane = dataplane_bin();
 
@@ -210,7 +184,7 @@ fn control_publishes_reloads_rejects_bad_configs_and_leaves_the_tables_on_exit()
     signal("-HUP", control.pid());
     let text = wait_log(&log, mark, "config reloaded and applied");
     assert!(
-        text[mark..].contains("changed=[\"web\"]"),
+        text[mark..].contains("changed [\"web\"]"),
         "{}",
         &text[mark..]
     );

@@ -636,3 +636,44 @@ capacity_per_worker = 65536
     }
     cfg
 }
+
+/// A loopback TCP port free at the time of the call (for a daemon's listener in a test).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// The `sluice-control` config the tests use with [`OneArm`]: node `lb1`, table region
+/// `region`, metrics on `127.0.0.1:metrics_port`, the API on the Unix socket `socket` (so
+/// tests never touch the default `/run/sluice/control.sock`), pool `demo`, and one NAT service
+/// `web` on `VIP4:port` with backends `b1..=b{backends}` (OneArm's first `backends` hosts).
+/// The service is the file's last table, so a caller may append `[services.health]` to it.
+pub fn control_test_config(
+    region: &str,
+    metrics_port: u16,
+    socket: &Path,
+    port: u16,
+    backends: usize,
+) -> String {
+    let mut s = format!(
+        "[node]\nname = \"lb1\"\nipv4 = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n\
+         [api]\nsocket = \"{}\"\n\n\
+         [tables]\nregion = \"{region}\"\nmax_services = 16\nmax_workers = 4\narena_mb = 4\n\n\
+         [[pools]]\nname = \"demo\"\naddresses = [\"10.90.0.96/28\"]\n\n\
+         [[services]]\nname = \"web\"\nvip = \"{}\"\nport = {port}\nprotocol = \"tcp\"\nmode = \"nat\"\n",
+        addr::LB4,
+        socket.display(),
+        addr::VIP4
+    );
+    for i in 0..backends {
+        s += &format!(
+            "\n[[services.backends]]\nname = \"b{}\"\naddress = \"{}\"\nmac = \"{}\"\n",
+            i + 1,
+            addr::backend4(i),
+            addr::mac_str(addr::backend_host(i))
+        );
+    }
+    s
+}

@@ -1,20 +1,23 @@
 //! `sluice-control`: reads the static config, publishes its services into the shared table
-//! region the dataplane maps, reloads on SIGHUP, and exits on SIGTERM/SIGINT leaving the
-//! region published (the dataplane keeps forwarding). Serves Prometheus metrics on
-//! `[metrics] listen` (`GET /metrics`).
+//! region the dataplane maps, health-checks backends, reloads on SIGHUP and when the file's
+//! content changes, and exits on SIGTERM/SIGINT leaving the region published (the dataplane
+//! keeps forwarding). Serves Prometheus metrics on `[metrics] listen` (`GET /metrics`) and the
+//! gRPC API (`sluicectl`) on `[api] socket` (and `[api] listen` with TLS).
 //!
 //! Exit codes: 0 clean stop (or `--check` passed), 1 runtime failure, 64 invalid config.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use sluice_control::config::Config;
-use sluice_control::daemon::{Clock, Daemon};
-use sluice_control::metrics;
+use sluice_control::daemon::{Clock, Daemon, Inputs};
+use sluice_control::state::Events;
+use sluice_control::{api, metrics};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
@@ -34,6 +37,9 @@ struct Opt {
     /// Heartbeat and reclaim period, in milliseconds.
     #[arg(long, default_value_t = 200)]
     tick_ms: u64,
+    /// How often to check the config file for changes, in milliseconds (0: only on SIGHUP).
+    #[arg(long, default_value_t = 1000)]
+    watch_ms: u64,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -80,29 +86,50 @@ async fn run(opt: Opt, desired: sluice_control::config::Desired) -> anyhow::Resu
     let region = desired.region.clone();
     let listen = desired.metrics;
     let listener = metrics::bind(listen).await?;
+    let api_listeners = api::bind(&desired.api).await?;
     let publish_seconds = metrics::publish_histogram();
-    let (daemon, applied) =
-        Daemon::start(opt.config.clone(), desired, clock, publish_seconds.clone()).await?;
+    let events = Arc::new(Events::new());
+    let (daemon, applied) = Daemon::start(
+        opt.config.clone(),
+        desired,
+        clock,
+        publish_seconds.clone(),
+        Arc::clone(&events),
+    )
+    .await?;
     println!(
-        "sluice-control ready: {} services published at generation {} (region {region:?}, metrics on http://{listen}/metrics)",
+        "sluice-control ready: {} services published at generation {} (region {region:?}, metrics on http://{listen}/metrics, api on {})",
         applied.services,
-        applied.generation.get()
+        applied.generation.get(),
+        api_listeners.describe(),
     );
     std::io::stdout().flush().context("stdout")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (reload_tx, reload_rx) = mpsc::channel(4);
-    let (snapshot_tx, snapshot_rx) = mpsc::channel(16);
+    let (reload_tx, reloads) = mpsc::channel(4);
+    let (snapshot_tx, snapshots) = mpsc::channel(16);
+    let (command_tx, commands) = mpsc::channel(16);
     let mut task = tokio::spawn(daemon.run(
-        reload_rx,
-        snapshot_rx,
-        shutdown_rx.clone(),
+        Inputs {
+            reloads,
+            snapshots,
+            commands,
+            shutdown: shutdown_rx.clone(),
+        },
         Duration::from_millis(opt.tick_ms.max(1)),
+        (opt.watch_ms > 0).then(|| Duration::from_millis(opt.watch_ms)),
     ));
     let mut metrics_task = tokio::spawn(metrics::serve(
         listener,
-        snapshot_tx,
+        snapshot_tx.clone(),
         publish_seconds,
+        shutdown_rx.clone(),
+    ));
+    let mut api_task = tokio::spawn(api::serve(
+        api_listeners,
+        snapshot_tx,
+        command_tx,
+        events,
         shutdown_rx,
     ));
     let result = loop {
@@ -116,6 +143,7 @@ async fn run(opt: Opt, desired: sluice_control::config::Desired) -> anyhow::Resu
             _ = int.recv() => break Ok(()),
             r = &mut task => break r.context("table task").and(Err(anyhow::anyhow!("table task ended"))),
             r = &mut metrics_task => break r.context("metrics task").and(Err(anyhow::anyhow!("metrics task ended"))),
+            r = &mut api_task => break r.context("api task").and(Err(anyhow::anyhow!("api task ended"))),
         }
     };
     tracing::info!("shutting down");
@@ -126,6 +154,9 @@ async fn run(opt: Opt, desired: sluice_control::config::Desired) -> anyhow::Resu
         }
         if !metrics_task.is_finished() {
             let _ = (&mut metrics_task).await;
+        }
+        if !api_task.is_finished() {
+            let _ = (&mut api_task).await;
         }
     })
     .await;

@@ -4,7 +4,8 @@
 //! TCP/HTTP servers), starts the real `sluice-control` with `ci/demo/control.toml` and the real
 //! `sluice-dataplane` with `ci/demo/dataplane.toml` on the LB node, sends real connections from
 //! the client to the VIPs (IPv4 and IPv6), checks every byte that comes back, prints how the
-//! connections spread over the backends, and removes everything it made.
+//! connections spread over the backends, shows `sluicectl status` and the backends with their
+//! counters, a few Prometheus metrics, and removes everything it made.
 //!
 //! Usage: `sluice-demo CONTROL_TOML DATAPLANE_TOML [CONNECTIONS]`; the Sluice and testbed
 //! binaries are found next to this one.
@@ -18,6 +19,8 @@ use std::time::{Duration, Instant};
 use sluice_testbed::{BackendMode, Netns, OneArm, Proc, addr, bin_path, client_result, run_client};
 
 const PORT: u16 = 8080;
+/// `[api] socket` in `ci/demo/control.toml`.
+const DEMO_SOCKET: &str = "/run/sluice/demo.sock";
 
 fn start(ns: &Netns, name: &str, config: &Path, ready: &str) -> Result<Proc, String> {
     let bin = bin_path(name).map_err(|e| e.to_string())?;
@@ -121,6 +124,25 @@ fn run(control: &Path, dataplane: &Path, conns: usize) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         spread(&title, &out)?;
     }
+    let ctl = bin_path("sluicectl").map_err(|e| e.to_string())?;
+    for args in [&["status"][..], &["backends", "web-v4"][..]] {
+        println!("==> sluicectl --socket {DEMO_SOCKET} {}", args.join(" "));
+        let out = std::process::Command::new(&ctl)
+            .args(["--socket", DEMO_SOCKET])
+            .args(args)
+            .output()
+            .map_err(|e| format!("sluicectl: {e}"))?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            println!("    {line}");
+        }
+        if !out.status.success() {
+            return Err(format!(
+                "sluicectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+    }
     println!(
         "==> a few of sluice-control's Prometheus metrics (GET http://127.0.0.1:9109/metrics on the LB node)"
     );
@@ -131,7 +153,8 @@ fn run(control: &Path, dataplane: &Path, conns: usize) -> Result<(), String> {
         Ok(text) => {
             for line in text.lines().filter(|l| {
                 l.starts_with("sluice_service_packets_total")
-                    || l.starts_with("sluice_backend_packets_total")
+                    || l.starts_with("sluice_service_connections_total")
+                    || l.starts_with("sluice_backend_connections_total")
                     || l.starts_with("sluice_table_generation")
                     || l.starts_with("sluice_conntrack_entries")
                     || (l.starts_with("sluice_dataplane_drops_total") && !l.ends_with(" 0"))
