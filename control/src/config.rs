@@ -11,6 +11,7 @@
 //! - `node.name` non-empty; `node.ipv4` / `node.ipv6` parse as addresses of that family;
 //! - `tables.*` form a valid region [`Capacity`];
 //! - `metrics.listen` is an `ip:port` socket address with a non-zero port;
+//! - `[bgp]`: see [`bgp`](self::bgp) for its rules (MetalLB's peers and advertisements);
 //! - `api.socket` is absolute (or `""` for none); `api.listen`, when set, is an `ip:port` and
 //!   comes with `api.tls_cert` and `api.tls_key` (TCP only with TLS); TLS files without a
 //!   listener, and neither a socket nor a listener, are refused;
@@ -50,10 +51,15 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use bgp::{
+    AdvertisementDef, AdvertisementSection, BgpConfig, BgpSection, PeerDef, PeerSection,
+};
 use serde::Deserialize;
 use sluice_dataplane::maglev::{MAGLEV_SIZES, MAX_BACKENDS, TableSize};
 use sluice_dataplane::tables::layout::Geometry;
 use sluice_dataplane::tables::{BackendState, Capacity, Mode, Proto, ServiceKey};
+
+mod bgp;
 
 /// Why a config was refused. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +131,9 @@ pub struct Config {
     /// The gRPC API. Default: all of [`ApiSection`]'s defaults.
     #[serde(default)]
     pub api: ApiSection,
+    /// BGP peers and advertisements. Default: none.
+    #[serde(default)]
+    pub bgp: BgpSection,
 }
 
 /// `[api]`: where the gRPC API (`sluicectl`) is served. Read at start-up only.
@@ -425,6 +434,12 @@ pub struct Desired {
     pub metrics: SocketAddr,
     /// Where the API is served.
     pub api: ApiConfig,
+    /// `node.ipv4` (BGP next hop and default router id).
+    pub node_ipv4: Option<Ipv4Addr>,
+    /// `node.ipv6` (BGP next hop for IPv6 VIPs).
+    pub node_ipv6: Option<Ipv6Addr>,
+    /// BGP peers and advertisements for this node.
+    pub bgp: BgpConfig,
 }
 
 /// A validated service.
@@ -597,14 +612,20 @@ impl Config {
         if node.name.trim().is_empty() {
             return Err(bad("node.name", "must not be empty"));
         }
-        if let Some(a) = &node.ipv4 {
-            a.parse::<Ipv4Addr>()
-                .map_err(|_| bad("node.ipv4", format!("{a:?} is not an IPv4 address")))?;
-        }
-        if let Some(a) = &node.ipv6 {
-            a.parse::<Ipv6Addr>()
-                .map_err(|_| bad("node.ipv6", format!("{a:?} is not an IPv6 address")))?;
-        }
+        let node_ipv4 = match &node.ipv4 {
+            Some(a) => Some(
+                a.parse::<Ipv4Addr>()
+                    .map_err(|_| bad("node.ipv4", format!("{a:?} is not an IPv4 address")))?,
+            ),
+            None => None,
+        };
+        let node_ipv6 = match &node.ipv6 {
+            Some(a) => Some(
+                a.parse::<Ipv6Addr>()
+                    .map_err(|_| bad("node.ipv6", format!("{a:?} is not an IPv6 address")))?,
+            ),
+            None => None,
+        };
 
         let t = &self.tables;
         if t.region.is_empty() || t.region.contains('/') {
@@ -652,6 +673,8 @@ impl Config {
             return Err(bad("metrics.listen", "port must be 1-65535"));
         }
         let api = validate_api(&self.api)?;
+        let pool_names = pools.keys().cloned().collect();
+        let bgp = bgp::validate(&self.bgp, &node.name, node_ipv4, &pool_names)?;
 
         let mut services = BTreeMap::new();
         let mut keys: BTreeMap<ServiceKey, usize> = BTreeMap::new();
@@ -705,6 +728,9 @@ impl Config {
             services,
             metrics,
             api,
+            node_ipv4,
+            node_ipv6,
+            bgp,
         })
     }
 }

@@ -37,6 +37,7 @@ use sluice_hugepages::Backing;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+use crate::bgp::{self, Speaker};
 use crate::config::{Config, ConfigError, Desired};
 use crate::health::{self, Checker, Health, Transition};
 use crate::metrics::SnapshotRequest;
@@ -64,7 +65,14 @@ pub enum DaemonError {
     /// The writer refused the publication (after retrying, when it would block).
     #[error("publishing failed: {0}")]
     Publish(#[source] PublishError),
+    /// The BGP speaker could not start.
+    #[error("bgp: {0}")]
+    Bgp(#[source] bgp::BgpError),
 }
+
+/// How fresh the dataplane's heartbeat must be for VIPs to be announced: a worker whose
+/// heartbeat stood still this long withdraws them (with the 200 ms tick, within a second).
+pub const BGP_HEARTBEAT_FRESH: Duration = Duration::from_millis(400);
 
 /// Monotonic time for the logic, measured from an origin `main` picks.
 #[derive(Debug, Clone, Copy)]
@@ -172,6 +180,9 @@ pub struct Daemon {
     events: Arc<Events>,
     workers_seen: BTreeMap<(u32, u64), WorkerState>,
     last_reload: Option<ReloadRecord>,
+    speaker: Option<Speaker>,
+    /// What the speaker was last told to announce.
+    announced: Vec<bgp::Advertisement>,
     clock: Clock,
     /// How long a blocked publication is retried before it is reported. Default 5 s.
     pub retry_budget: Duration,
@@ -220,6 +231,11 @@ impl Daemon {
         publisher.adopt(&writer);
         let (tx, transitions) = mpsc::channel(256);
         let file_seen = std::fs::read(&config).ok();
+        let speaker = if desired.bgp.peers.is_empty() {
+            None
+        } else {
+            Some(Speaker::start(peer_configs(&desired)).map_err(DaemonError::Bgp)?)
+        };
         let mut d = Self {
             config,
             writer,
@@ -233,6 +249,8 @@ impl Daemon {
             events,
             workers_seen: BTreeMap::new(),
             last_reload: None,
+            speaker,
+            announced: Vec::new(),
             clock,
             retry_budget: Duration::from_secs(5),
             publish_seconds,
@@ -601,6 +619,50 @@ impl Daemon {
         }
         self.workers_seen
             .retain(|k, _| workers.iter().any(|w| (w.index, w.pid) == *k));
+        self.announce(&workers);
+    }
+
+    /// Tells the speaker what to announce now: every VIP whose service has a backend up,
+    /// while some dataplane worker's heartbeat is fresh ([`BGP_HEARTBEAT_FRESH`]); nothing
+    /// otherwise. Only a change reaches the speaker.
+    fn announce(&mut self, workers: &[sluice_dataplane::tables::WorkerStatus]) {
+        let Some(speaker) = &self.speaker else {
+            return;
+        };
+        let fresh = workers
+            .iter()
+            .any(|w| w.state == WorkerState::Live && w.heartbeat_age < BGP_HEARTBEAT_FRESH);
+        let want = if fresh {
+            advertisements(&self.file, self.publisher.running())
+        } else {
+            Vec::new()
+        };
+        if want == self.announced {
+            return;
+        }
+        match speaker.set_advertisements(want.clone()) {
+            Ok(()) => {
+                let message = if want.is_empty() && !fresh {
+                    "dataplane heartbeat stale: every VIP withdrawn".to_owned()
+                } else {
+                    let prefixes: Vec<String> = want.iter().map(|a| a.prefix.to_string()).collect();
+                    format!(
+                        "announcing {} prefixes: {}",
+                        want.len(),
+                        prefixes.join(", ")
+                    )
+                };
+                tracing::info!("{message}");
+                self.announced = want;
+            }
+            Err(e) => tracing::error!(error = %e, "advertisements refused by the speaker"),
+        }
+    }
+
+    /// The BGP speaker, when peers are configured.
+    #[must_use]
+    pub fn speaker(&self) -> Option<&Speaker> {
+        self.speaker.as_ref()
     }
 
     /// Reloads when the file's content differs from the content last read.
@@ -643,6 +705,14 @@ impl Daemon {
                 _ = interval.tick() => self.tick(),
                 _ = file_timer.tick(), if watch.is_some() => self.watch_file().await,
             }
+        }
+        if let Some(speaker) = &self.speaker {
+            let wait = self.file.bgp.graceful_shutdown_wait;
+            tracing::info!(
+                ?wait,
+                "BGP: announcing with GRACEFUL_SHUTDOWN, then withdrawing"
+            );
+            speaker.shutdown(Some(wait)).await;
         }
         tracing::info!(
             generation = self.writer.generation().get(),
@@ -691,6 +761,83 @@ impl Daemon {
             message,
         });
     }
+}
+
+/// The speaker's peers for `desired`'s validated `[bgp]`.
+fn peer_configs(desired: &Desired) -> Vec<bgp::PeerConfig> {
+    desired
+        .bgp
+        .peers
+        .iter()
+        .map(|p| {
+            let mut c = bgp::PeerConfig::new(p.my_asn, p.peer_asn, p.peer_address, p.router_id);
+            c.source_address = p.source_address;
+            c.peer_port = p.peer_port;
+            c.hold_time = p.hold_time;
+            c.keepalive = (p.hold_time > Duration::ZERO).then_some(p.keepalive_time);
+            c.passive = p.passive;
+            c.password.clone_from(&p.password);
+            c
+        })
+        .collect()
+}
+
+/// What to announce for `running` (the effective, published services): each VIP with at
+/// least one backend that is not down (draining ones count: their flows must keep arriving), once per advertisement whose pools hold it, aggregated as it
+/// says, with the node's address of the VIP's family as next hop (VIPs of a family the node
+/// has no address for are skipped).
+fn advertisements(
+    file: &Desired,
+    running: &BTreeMap<String, crate::config::ServiceDef>,
+) -> Vec<bgp::Advertisement> {
+    let mut out = Vec::new();
+    for def in running.values() {
+        if def.backends.iter().all(|b| b.state == BackendState::Down) {
+            continue;
+        }
+        let vip = def.key.vip();
+        let next_hop = match vip {
+            std::net::IpAddr::V4(_) => file.node_ipv4.map(std::net::IpAddr::V4),
+            std::net::IpAddr::V6(_) => file.node_ipv6.map(std::net::IpAddr::V6),
+        };
+        let Some(next_hop) = next_hop else {
+            continue;
+        };
+        for a in &file.bgp.advertisements {
+            let in_pools = a.pools.is_empty()
+                || a.pools.iter().any(|p| {
+                    file.pools
+                        .get(p)
+                        .is_some_and(|blocks| blocks.iter().any(|b| b.contains(vip)))
+                });
+            if !in_pools {
+                continue;
+            }
+            let len = if vip.is_ipv4() {
+                a.aggregation_length
+            } else {
+                a.aggregation_length_v6
+            };
+            let Ok(mut ad) = bgp::Advertisement::aggregated(vip, len, next_hop) else {
+                continue;
+            };
+            ad.communities.clone_from(&a.communities);
+            ad.large_communities = a
+                .large_communities
+                .iter()
+                .map(|c| (c[0], c[1], c[2]))
+                .collect();
+            ad.local_pref = a.local_pref;
+            out.push(ad);
+        }
+    }
+    out.sort_by(|a, b| {
+        a.prefix
+            .cmp(&b.prefix)
+            .then_with(|| a.communities.cmp(&b.communities))
+    });
+    out.dedup();
+    out
 }
 
 fn report(h: Health) -> HealthReport {

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod bgp;
 pub mod client;
 pub mod config;
 pub mod daemon;

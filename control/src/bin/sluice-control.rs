@@ -87,6 +87,12 @@ async fn run(opt: Opt, desired: sluice_control::config::Desired) -> anyhow::Resu
     let listen = desired.metrics;
     let listener = metrics::bind(listen).await?;
     let api_listeners = api::bind(&desired.api).await?;
+    // A planned stop first announces with GRACEFUL_SHUTDOWN for this long (RFC 8326).
+    let bgp_wait = if desired.bgp.peers.is_empty() {
+        Duration::ZERO
+    } else {
+        desired.bgp.graceful_shutdown_wait + Duration::from_secs(10)
+    };
     let publish_seconds = metrics::publish_histogram();
     let events = Arc::new(Events::new());
     let (daemon, applied) = Daemon::start(
@@ -148,7 +154,7 @@ async fn run(opt: Opt, desired: sluice_control::config::Desired) -> anyhow::Resu
     };
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+    let _ = tokio::time::timeout(Duration::from_secs(5) + bgp_wait, async {
         if !task.is_finished() {
             let _ = (&mut task).await;
         }
