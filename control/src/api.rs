@@ -18,6 +18,9 @@
 //!   [`crate::daemon::Command`]) with the backend as it is then. Errors map to gRPC codes:
 //!   unknown service/backend → `NOT_FOUND`, bad weight or missing names → `INVALID_ARGUMENT`,
 //!   publication failure or the table task gone → `UNAVAILABLE`.
+//! - **Peers** (`ListPeers`) come from the BGP speaker in the same snapshot; `DrainNode`
+//!   answers once the node's state changed (the announcements follow at the next tick);
+//!   without BGP peers it is `FAILED_PRECONDITION`.
 //! - **Events** (`WatchEvents`): the last `backlog` events, then, with `follow`, every new one
 //!   until the client goes away or the daemon stops; a follower that falls more than
 //!   [`crate::state::EVENT_BACKLOG`] events behind gets `DATA_LOSS` and the stream ends.
@@ -303,6 +306,7 @@ fn command_status(e: &CommandError) -> Status {
         }
         CommandError::Weight(_) => Status::invalid_argument(e.to_string()),
         CommandError::Publish(_) => Status::unavailable(e.to_string()),
+        CommandError::NoBgp => Status::failed_precondition(e.to_string()),
     }
 }
 
@@ -361,6 +365,46 @@ impl Control for Api {
         let r = r.into_inner();
         self.change(r.service, r.backend, Change::Drain(false))
             .await
+    }
+
+    async fn list_peers(
+        &self,
+        _: Request<pb::ListPeersRequest>,
+    ) -> Result<Response<pb::ListPeersResponse>, Status> {
+        let s = self.snapshot().await?;
+        Ok(Response::new(pb::ListPeersResponse {
+            peers: s.peers.iter().map(|(n, p)| peer_pb(n, p)).collect(),
+        }))
+    }
+
+    async fn drain_node(
+        &self,
+        r: Request<pb::DrainNodeRequest>,
+    ) -> Result<Response<pb::DrainNodeResponse>, Status> {
+        let drain = !r.into_inner().undrain;
+        let gone = || Status::unavailable("the table task has stopped");
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command {
+                service: String::new(),
+                backend: String::new(),
+                change: Change::DrainNode(drain),
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        rx.await
+            .map_err(|_| gone())?
+            .map_err(|e| command_status(&e))?;
+        Ok(Response::new(pb::DrainNodeResponse {
+            drained: drain,
+            message: if drain {
+                "announcing every VIP with GRACEFUL_SHUTDOWN (65535:0), then withdrawing them"
+                    .to_owned()
+            } else {
+                "announcing every VIP again".to_owned()
+            },
+        }))
     }
 
     type WatchEventsStream = EventStream;
@@ -448,7 +492,37 @@ fn status_pb(s: &Snapshot) -> pb::Status {
             ok: r.ok,
             message: r.message.clone(),
         }),
+        node_drained: s.node_drained,
     }
+}
+
+fn peer_pb(name: &str, p: &crate::bgp::PeerStatus) -> pb::Peer {
+    use crate::bgp::State;
+    let state = match p.state {
+        State::Idle => pb::PeerState::Idle,
+        State::Connect => pb::PeerState::Connect,
+        State::Active => pb::PeerState::Active,
+        State::OpenSent => pb::PeerState::OpenSent,
+        State::OpenConfirm => pb::PeerState::OpenConfirm,
+        State::Established => pb::PeerState::Established,
+    };
+    let mut out = pb::Peer {
+        name: name.to_owned(),
+        address: p.peer_address.to_string(),
+        peer_asn: p.peer_asn,
+        my_asn: p.my_asn,
+        uptime_seconds: p.uptime.map_or(0.0, |d| d.as_secs_f64()),
+        last_error: p.last_error.clone().unwrap_or_default(),
+        updates_sent: p.updates_sent,
+        updates_received: p.updates_received,
+        prefixes_advertised: u32::try_from(p.prefixes_advertised).unwrap_or(u32::MAX),
+        established_transitions: p.established_transitions,
+        notifications_sent: p.notifications_sent,
+        notifications_received: p.notifications_received,
+        ..pb::Peer::default()
+    };
+    out.set_state(state);
+    out
 }
 
 fn service_pb(s: &ServiceSample) -> pb::Service {
@@ -526,6 +600,9 @@ fn event_pb(e: &Event) -> pb::Event {
         EventKind::WeightChanged => pb::EventKind::WeightChanged,
         EventKind::WorkerChanged => pb::EventKind::WorkerChanged,
         EventKind::PublishFailed => pb::EventKind::PublishFailed,
+        EventKind::PeerChanged => pb::EventKind::PeerChanged,
+        EventKind::NodeDrained => pb::EventKind::NodeDrained,
+        EventKind::NodeUndrained => pb::EventKind::NodeUndrained,
     };
     let mut out = pb::Event {
         seq: e.seq,

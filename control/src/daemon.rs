@@ -125,6 +125,9 @@ pub enum CommandError {
     /// The change could not be published; nothing changed.
     #[error("{0}; nothing changed")]
     Publish(String),
+    /// Node drain without BGP peers.
+    #[error("no BGP peers are configured: there is nothing to drain the node from")]
+    NoBgp,
 }
 
 /// What an operator command asks for.
@@ -134,6 +137,9 @@ pub enum Change {
     Weight(u32),
     /// Drain (`true`) or undrain (`false`).
     Drain(bool),
+    /// Drain (`true`) or undrain (`false`) the whole node from the routers (BGP); the
+    /// command's service and backend are empty.
+    DrainNode(bool),
 }
 
 /// An operator command for one backend, answered with the generation in effect afterwards.
@@ -183,6 +189,8 @@ pub struct Daemon {
     speaker: Option<Speaker>,
     /// What the speaker was last told to announce.
     announced: Vec<bgp::Advertisement>,
+    /// Since when the node is drained from the routers (RFC 8326), if it is.
+    node_drained: Option<Tick>,
     clock: Clock,
     /// How long a blocked publication is retried before it is reported. Default 5 s.
     pub retry_budget: Duration,
@@ -251,12 +259,25 @@ impl Daemon {
             last_reload: None,
             speaker,
             announced: Vec::new(),
+            node_drained: None,
             clock,
             retry_budget: Duration::from_secs(5),
             publish_seconds,
         };
         let applied = d.publish().await?;
         d.checker.set_targets(health::targets(&d.file));
+        if let Some(speaker) = &d.speaker {
+            tokio::spawn(forward_bgp_events(
+                speaker.events(),
+                Arc::clone(&d.events),
+                d.file
+                    .bgp
+                    .peers
+                    .iter()
+                    .map(|p| (p.peer_address, p.name.clone()))
+                    .collect(),
+            ));
+        }
         d.events.emit(
             EventKind::Started,
             "",
@@ -402,6 +423,9 @@ impl Daemon {
         backend: &str,
         change: Change,
     ) -> Result<u64, CommandError> {
+        if let Change::DrainNode(drain) = change {
+            return self.drain_node(drain);
+        }
         let def = self
             .file
             .services
@@ -437,6 +461,7 @@ impl Daemon {
                     "undrained: takes new flows".to_owned(),
                 )
             }
+            Change::DrainNode(_) => return Err(CommandError::NoBgp),
         };
         if after == before {
             return Ok(self.writer.generation().get());
@@ -456,6 +481,44 @@ impl Daemon {
                 Err(CommandError::Publish(msg))
             }
         }
+    }
+
+    /// Drains the node from the routers (every VIP re-announced with GRACEFUL_SHUTDOWN, then
+    /// withdrawn after `bgp.graceful_shutdown_wait`) or undrains it; takes effect at the next
+    /// tick.
+    fn drain_node(&mut self, drain: bool) -> Result<u64, CommandError> {
+        if self.speaker.is_none() {
+            return Err(CommandError::NoBgp);
+        }
+        let generation = self.writer.generation().get();
+        if drain == self.node_drained.is_some() {
+            return Ok(generation);
+        }
+        if drain {
+            self.node_drained = Some(self.clock.now());
+            let wait = self.file.bgp.graceful_shutdown_wait;
+            self.events.emit(
+                EventKind::NodeDrained,
+                "",
+                "",
+                format!(
+                    "node drained: VIPs announced with GRACEFUL_SHUTDOWN (65535:0) for {wait:?}, then withdrawn"
+                ),
+                0,
+            );
+        } else {
+            self.node_drained = None;
+            self.events.emit(
+                EventKind::NodeUndrained,
+                "",
+                "",
+                "node undrained: VIPs announced again",
+                0,
+            );
+        }
+        let workers = self.writer.workers(self.clock.now());
+        self.announce(&workers);
+        Ok(generation)
     }
 
     /// Records a health transition and republishes when the backend's serving state changes.
@@ -588,6 +651,22 @@ impl Daemon {
             services,
             workers,
             last_reload: self.last_reload.clone(),
+            peers: self.speaker.as_ref().map_or_else(Vec::new, |sp| {
+                sp.peers()
+                    .into_iter()
+                    .map(|p| {
+                        let name = self
+                            .file
+                            .bgp
+                            .peers
+                            .iter()
+                            .find(|d| d.peer_address == p.peer_address)
+                            .map_or_else(|| p.peer_address.to_string(), |d| d.name.clone());
+                        (name, p)
+                    })
+                    .collect()
+            }),
+            node_drained: self.node_drained.is_some(),
         }
     }
 
@@ -632,17 +711,29 @@ impl Daemon {
         let fresh = workers
             .iter()
             .any(|w| w.state == WorkerState::Live && w.heartbeat_age < BGP_HEARTBEAT_FRESH);
-        let want = if fresh {
+        let mut want = if fresh {
             advertisements(&self.file, self.publisher.running())
         } else {
             Vec::new()
         };
+        if let Some(since) = self.node_drained {
+            let drained_for = self.clock.now().saturating_since(since);
+            if drained_for < self.file.bgp.graceful_shutdown_wait {
+                for a in &mut want {
+                    a.communities.push(bgp::GRACEFUL_SHUTDOWN);
+                }
+            } else {
+                want.clear();
+            }
+        }
         if want == self.announced {
             return;
         }
         match speaker.set_advertisements(want.clone()) {
             Ok(()) => {
-                let message = if want.is_empty() && !fresh {
+                let message = if want.is_empty() && self.node_drained.is_some() {
+                    "node drained: every VIP withdrawn".to_owned()
+                } else if want.is_empty() && !fresh {
                     "dataplane heartbeat stale: every VIP withdrawn".to_owned()
                 } else {
                     let prefixes: Vec<String> = want.iter().map(|a| a.prefix.to_string()).collect();
@@ -760,6 +851,45 @@ impl Daemon {
             ok,
             message,
         });
+    }
+}
+
+/// Copies the speaker's session events into the event log (peer names from the config).
+async fn forward_bgp_events(
+    mut rx: tokio::sync::broadcast::Receiver<bgp::BgpEvent>,
+    events: Arc<Events>,
+    names: BTreeMap<std::net::IpAddr, String>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let name = |a: &std::net::IpAddr| names.get(a).cloned().unwrap_or_else(|| a.to_string());
+    loop {
+        let message = match rx.recv().await {
+            Ok(bgp::BgpEvent::StateChanged { peer, from, to }) => format!(
+                "BGP peer {} ({peer}): {} → {}",
+                name(&peer),
+                from.as_str(),
+                to.as_str()
+            ),
+            Ok(bgp::BgpEvent::NotificationSent {
+                peer,
+                code,
+                subcode,
+            }) => format!(
+                "BGP peer {} ({peer}): NOTIFICATION sent, code {code} subcode {subcode}",
+                name(&peer)
+            ),
+            Ok(bgp::BgpEvent::NotificationReceived {
+                peer,
+                code,
+                subcode,
+            }) => format!(
+                "BGP peer {} ({peer}): NOTIFICATION received, code {code} subcode {subcode}",
+                name(&peer)
+            ),
+            Err(RecvError::Lagged(n)) => format!("{n} BGP events were lost (too many at once)"),
+            Err(RecvError::Closed) => return,
+        };
+        events.emit(EventKind::PeerChanged, "", "", message, 0);
     }
 }
 

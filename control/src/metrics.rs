@@ -25,6 +25,9 @@
 //!   of one publication as [`crate::daemon::Daemon::apply`] performs it: from the first
 //!   attempt to the writer accepting it, would-block retries included; it does **not** wait
 //!   for the workers' acks).
+//! - **BGP**: `bgp_session_up{peer,address}`, `bgp_updates_sent_total{peer,address}`,
+//!   `bgp_updates_received_total{peer,address}`, `bgp_prefixes_announced{peer,address}`
+//!   (absent without peers), `node_drained`.
 //! - Counters come from the region and restart from zero when the region is recreated, or,
 //!   for one service or backend, when it is removed and added again (Prometheus treats a
 //!   decrease as a reset).
@@ -252,6 +255,52 @@ pub fn render(snap: &Snapshot, publish_seconds: &Histogram) -> String {
         "dataplane_worker_up",
         "1 while the worker's heartbeat moves, 0 once judged dead",
         up,
+    );
+
+    let bgp_up = Family::<Labels, Gauge>::default();
+    let bgp_sent = Family::<Labels, Counter>::default();
+    let bgp_received = Family::<Labels, Counter>::default();
+    let bgp_prefixes = Family::<Labels, Gauge>::default();
+    for (name, p) in &snap.peers {
+        let l = vec![
+            ("peer", name.clone()),
+            ("address", p.peer_address.to_string()),
+        ];
+        bgp_up
+            .get_or_create(&l)
+            .set(i64::from(p.state == crate::bgp::State::Established));
+        bgp_sent.get_or_create(&l).inc_by(p.updates_sent);
+        bgp_received.get_or_create(&l).inc_by(p.updates_received);
+        bgp_prefixes
+            .get_or_create(&l)
+            .set(i64::try_from(p.prefixes_advertised).unwrap_or(i64::MAX));
+    }
+    reg.register(
+        "bgp_session_up",
+        "1 while the BGP session with the peer is Established",
+        bgp_up,
+    );
+    reg.register(
+        "bgp_updates_sent",
+        "BGP UPDATE messages sent to the peer",
+        bgp_sent,
+    );
+    reg.register(
+        "bgp_updates_received",
+        "BGP UPDATE messages received from the peer",
+        bgp_received,
+    );
+    reg.register(
+        "bgp_prefixes_announced",
+        "Prefixes the peer currently has from this node",
+        bgp_prefixes,
+    );
+    let drained = Gauge::<i64>::default();
+    drained.set(i64::from(snap.node_drained));
+    reg.register(
+        "node_drained",
+        "1 while the node is drained from the routers (sluicectl drain-node)",
+        drained,
     );
 
     let generation = Gauge::<i64>::default();

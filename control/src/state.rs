@@ -132,6 +132,12 @@ pub enum EventKind {
     WorkerChanged,
     /// A publication failed.
     PublishFailed,
+    /// A BGP session changed state, or a NOTIFICATION went either way.
+    PeerChanged,
+    /// The node was drained from the routers.
+    NodeDrained,
+    /// The node was undrained.
+    NodeUndrained,
 }
 
 /// One entry of the event log.
@@ -326,6 +332,10 @@ pub struct Snapshot {
     pub workers: Vec<WorkerStatus>,
     /// The last reload attempt.
     pub last_reload: Option<ReloadRecord>,
+    /// The BGP sessions, with their config names.
+    pub peers: Vec<(String, crate::bgp::PeerStatus)>,
+    /// Whether the node is drained from the routers.
+    pub node_drained: bool,
 }
 
 impl Snapshot {
@@ -341,6 +351,8 @@ impl Snapshot {
             services: Vec::new(),
             workers: Vec::new(),
             last_reload: None,
+            peers: Vec::new(),
+            node_drained: false,
         }
     }
 }

@@ -4,6 +4,9 @@
 //!
 //! 1. with the dataplane running and the backends healthy, BIRD has 10.90.0.100/32 with the
 //!    node's next hop and the configured community;
+//!    `sluicectl peers` and `/metrics` show the session Established with one prefix;
+//!    `sluicectl drain-node` re-announces with GRACEFUL_SHUTDOWN then withdraws, and
+//!    `undrain-node` announces again;
 //! 2. the dataplane is SIGKILLed: the route leaves BIRD (the time it took is printed and must
 //!    stay under 2 s — the design budget is 1 s: 400 ms of heartbeat staleness plus a 200 ms
 //!    tick); a restarted dataplane brings it back;
@@ -63,6 +66,23 @@ fn wait_route(
         assert!(start.elapsed() < limit, "BIRD never {what}:\n{out}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Runs `sluicectl --socket SOCKET -o json ARGS`; panics on failure.
+fn ctl(socket: &Path, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_sluicectl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(["-o", "json"])
+        .args(args)
+        .output()
+        .expect("sluicectl");
+    assert!(
+        out.status.success(),
+        "sluicectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON")
 }
 
 fn has_route(out: &str) -> bool {
@@ -145,7 +165,8 @@ fn vip_is_announced_only_while_the_dataplane_and_a_backend_are_up() {
         .stderr(Stdio::null());
     let _bird = Proc::spawn("bird", &mut bird_cmd).expect("bird");
 
-    let config = control_test_config(&region, free_port(), &socket, PORT, 3)
+    let metrics_port = free_port();
+    let config = control_test_config(&region, metrics_port, &socket, PORT, 3)
         + "\n[services.health]\nkind = \"tcp\"\ninterval_ms = 200\ntimeout_ms = 150\n\
            rise = 1\nfall = 2\n\n\
            [bgp]\ngraceful_shutdown_wait = \"2s\"\n\n\
@@ -189,6 +210,65 @@ fn vip_is_announced_only_while_the_dataplane_and_a_backend_are_up() {
         "next hop is the node's address:\n{out}"
     );
     assert!(out.contains("(64512,100)"), "community:\n{out}");
+
+    // The session through the API and the metrics.
+    let peers = ctl(&socket, &["peers"]);
+    let p = &peers["peers"][0];
+    assert_eq!(
+        (&p["name"], &p["state"]),
+        (&"router".into(), &"established".into()),
+        "{peers:#}"
+    );
+    assert_eq!(p["prefixes_advertised"].as_u64(), Some(1), "{peers:#}");
+    let text = tb
+        .client
+        .exec(
+            "curl",
+            &[
+                "-sf",
+                "--max-time",
+                "5",
+                &format!("http://127.0.0.1:{metrics_port}/metrics"),
+            ],
+        )
+        .expect("metrics");
+    assert!(
+        text.contains("sluice_bgp_session_up{peer=\"router\",address=\"127.0.0.1\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sluice_bgp_prefixes_announced{peer=\"router\",address=\"127.0.0.1\"} 1"),
+        "{text}"
+    );
+
+    // Drain the node: GRACEFUL_SHUTDOWN first, then withdrawn; undrain: back, without it.
+    let r = ctl(&socket, &["drain-node"]);
+    assert_eq!(r["drained"], true);
+    wait_route(
+        &tb.client,
+        &bird_sock,
+        "saw GRACEFUL_SHUTDOWN (drain-node)",
+        Duration::from_secs(10),
+        |o| o.contains("(65535,0)"),
+    );
+    let (_, took) = wait_route(
+        &tb.client,
+        &bird_sock,
+        "lost the VIP (drain-node)",
+        Duration::from_secs(20),
+        |o| !has_route(o),
+    );
+    println!("drain-node: withdrawn {took:?} after GRACEFUL_SHUTDOWN was seen (wait 2 s)");
+    assert_eq!(ctl(&socket, &["status"])["node_drained"], true);
+    ctl(&socket, &["undrain-node"]);
+    let (out, _) = wait_route(
+        &tb.client,
+        &bird_sock,
+        "got the VIP back (undrain-node)",
+        Duration::from_secs(10),
+        has_route,
+    );
+    assert!(!out.contains("(65535,0)"), "{out}");
 
     // 2. Dataplane killed: withdrawn; restarted: announced again.
     dp.kill();

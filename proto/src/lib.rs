@@ -92,6 +92,8 @@ mod tests {
                 ("Drain", false),
                 ("Undrain", false),
                 ("WatchEvents", true),
+                ("ListPeers", false),
+                ("DrainNode", false),
             ]
         );
         // Source info is kept so that reflection clients see the comments.

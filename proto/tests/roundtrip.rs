@@ -10,8 +10,9 @@ use hyper_util::rt::TokioIo;
 use sluice_proto::v1::control_client::ControlClient;
 use sluice_proto::v1::control_server::{Control, ControlServer};
 use sluice_proto::v1::{
-    Backend, BackendState, DrainRequest, Event, EventKind, GetServiceRequest, GetStatusRequest,
-    ListServicesRequest, ListServicesResponse, Service, SetWeightRequest, Status, UndrainRequest,
+    Backend, BackendState, DrainNodeRequest, DrainNodeResponse, DrainRequest, Event, EventKind,
+    GetServiceRequest, GetStatusRequest, ListPeersRequest, ListPeersResponse, ListServicesRequest,
+    ListServicesResponse, Peer, PeerState, Service, SetWeightRequest, Status, UndrainRequest,
     WatchEventsRequest,
 };
 use tokio::net::{UnixListener, UnixStream};
@@ -115,6 +116,29 @@ impl Control for Fixed {
     }
 
     type WatchEventsStream = tokio_stream::Iter<std::vec::IntoIter<Result<Event, tonic::Status>>>;
+
+    async fn list_peers(
+        &self,
+        _: Request<ListPeersRequest>,
+    ) -> Result<Response<ListPeersResponse>, tonic::Status> {
+        let mut p = Peer {
+            name: "tor1".into(),
+            address: "192.0.2.1".into(),
+            ..Peer::default()
+        };
+        p.set_state(PeerState::Established);
+        Ok(Response::new(ListPeersResponse { peers: vec![p] }))
+    }
+
+    async fn drain_node(
+        &self,
+        request: Request<DrainNodeRequest>,
+    ) -> Result<Response<DrainNodeResponse>, tonic::Status> {
+        Ok(Response::new(DrainNodeResponse {
+            drained: !request.into_inner().undrain,
+            message: String::new(),
+        }))
+    }
 
     async fn watch_events(
         &self,
@@ -227,6 +251,18 @@ async fn client_and_server_over_a_unix_socket() {
         .expect("Undrain")
         .into_inner();
     assert_eq!(undrained.state(), BackendState::Active);
+    let peers = client
+        .list_peers(ListPeersRequest {})
+        .await
+        .expect("list_peers")
+        .into_inner();
+    assert_eq!(peers.peers[0].state(), PeerState::Established);
+    let drained = client
+        .drain_node(DrainNodeRequest { undrain: false })
+        .await
+        .expect("drain_node")
+        .into_inner();
+    assert!(drained.drained);
 
     let mut events = client
         .watch_events(WatchEventsRequest {

@@ -24,9 +24,10 @@ use serde_json::{Value, json};
 use sluice_control::client::{ClientError, DEFAULT_SOCKET, Target, connect};
 use sluice_proto::v1::control_client::ControlClient;
 use sluice_proto::v1::{
-    Backend, BackendState, Counters, DrainRequest, Event, EventKind, GetServiceRequest,
-    GetStatusRequest, Health, ListServicesRequest, Mode, Protocol, Reload, Service,
-    SetWeightRequest, Status, UndrainRequest, WatchEventsRequest, Worker,
+    Backend, BackendState, Counters, DrainNodeRequest, DrainNodeResponse, DrainRequest, Event,
+    EventKind, GetServiceRequest, GetStatusRequest, Health, ListPeersRequest, ListServicesRequest,
+    Mode, Peer, PeerState, Protocol, Reload, Service, SetWeightRequest, Status, UndrainRequest,
+    WatchEventsRequest, Worker,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -123,6 +124,13 @@ enum Cmd {
         /// The new weight, 1 or more.
         weight: u32,
     },
+    /// The BGP sessions: state, uptime, updates, prefixes announced.
+    Peers,
+    /// Drain this LB node from the routers: every VIP re-announced with GRACEFUL_SHUTDOWN
+    /// (RFC 8326), then withdrawn; the dataplane keeps forwarding what still arrives.
+    DrainNode,
+    /// Announce this LB node's VIPs again after drain-node.
+    UndrainNode,
     /// Recent events, and with --follow every new one until the stream ends or Ctrl-C.
     Events {
         /// Keep printing new events as they happen.
@@ -347,6 +355,34 @@ async fn run(opt: &Opt) -> Result<(), CtlError> {
             })
             .await?;
             print_change(&mut client, deadline, json, &b).await
+        }
+        Cmd::Peers => {
+            let r = within(deadline, async {
+                Ok(client.list_peers(ListPeersRequest {}).await?.into_inner())
+            })
+            .await?;
+            if json {
+                let peers: Vec<Value> = r.peers.iter().map(peer_json).collect();
+                out(&document(&json!({ "peers": peers })))
+            } else {
+                out(&peers_table(&r.peers))
+            }
+        }
+        Cmd::DrainNode | Cmd::UndrainNode => {
+            let undrain = matches!(opt.command, Cmd::UndrainNode);
+            let r = within(deadline, async {
+                Ok(client
+                    .drain_node(DrainNodeRequest { undrain })
+                    .await?
+                    .into_inner())
+            })
+            .await?;
+            if json {
+                out(&document(&drain_node_json(&r)))
+            } else {
+                let state = if r.drained { "drained" } else { "undrained" };
+                out(&format!("node {state}: {}\n", r.message))
+            }
         }
         Cmd::Events { follow, backlog } => {
             let req = WatchEventsRequest {
@@ -738,7 +774,14 @@ fn status_table(s: &Status, now_ms: u64) -> String {
     );
     let mut text = fields(&[
         ("version", s.version.clone()),
-        ("node", s.node.clone()),
+        (
+            "node",
+            if s.node_drained {
+                format!("{} (drained from the routers)", s.node)
+            } else {
+                s.node.clone()
+            },
+        ),
         ("config", s.config_path.clone()),
         ("region", s.region.clone()),
         ("generation", s.generation.to_string()),
@@ -791,6 +834,52 @@ fn vip_text(s: &Service) -> String {
         host_port(&s.vip, s.port),
         protocol_name(s.protocol)
     )
+}
+
+fn peer_state_name(v: i32) -> String {
+    let n = PeerState::try_from(v).ok().map(|k| k.as_str_name());
+    enum_name(n, "PEER_STATE_", v)
+}
+
+fn peers_table(peers: &[Peer]) -> String {
+    if peers.is_empty() {
+        return "no BGP peers configured\n".to_owned();
+    }
+    let mut t = Table::new(&[
+        ("NAME", Align::Left),
+        ("ADDRESS", Align::Left),
+        ("AS", Align::Right),
+        ("STATE", Align::Left),
+        ("UPTIME", Align::Right),
+        ("PREFIXES", Align::Right),
+        ("UPDATES-OUT", Align::Right),
+        ("UPDATES-IN", Align::Right),
+        ("LAST-ERROR", Align::Left),
+    ]);
+    for p in peers {
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "uptime seconds are small and non-negative"
+        )]
+        let up = p.uptime_seconds.max(0.0) as u64;
+        t.row(vec![
+            p.name.clone(),
+            p.address.clone(),
+            p.peer_asn.to_string(),
+            peer_state_name(p.state),
+            if p.state() == PeerState::Established {
+                duration_text(up)
+            } else {
+                "-".to_owned()
+            },
+            p.prefixes_advertised.to_string(),
+            p.updates_sent.to_string(),
+            p.updates_received.to_string(),
+            p.last_error.clone(),
+        ]);
+    }
+    t.render()
 }
 
 fn services_table(services: &[Service]) -> String {
@@ -957,6 +1046,7 @@ fn status_json(s: &Status) -> Value {
         "backends": s.backends,
         "workers": s.workers.iter().map(worker_json).collect::<Vec<_>>(),
         "last_reload": s.last_reload.as_ref().map(reload_json),
+        "node_drained": s.node_drained,
     })
 }
 
@@ -988,6 +1078,28 @@ fn service_json(s: &Service) -> Value {
         "backends": s.backends.iter().map(backend_json).collect::<Vec<_>>(),
         "counters": counters_json(s.counters.as_ref()),
     })
+}
+
+fn peer_json(p: &Peer) -> Value {
+    json!({
+        "name": p.name,
+        "address": p.address,
+        "peer_asn": p.peer_asn,
+        "my_asn": p.my_asn,
+        "state": peer_state_name(p.state),
+        "uptime_seconds": p.uptime_seconds,
+        "last_error": p.last_error,
+        "updates_sent": p.updates_sent,
+        "updates_received": p.updates_received,
+        "prefixes_advertised": p.prefixes_advertised,
+        "established_transitions": p.established_transitions,
+        "notifications_sent": p.notifications_sent,
+        "notifications_received": p.notifications_received,
+    })
+}
+
+fn drain_node_json(r: &DrainNodeResponse) -> Value {
+    json!({ "drained": r.drained, "message": r.message })
 }
 
 fn event_json(e: &Event) -> Value {
@@ -1237,6 +1349,27 @@ mod tests {
     }
 
     #[test]
+    fn peers_table_shows_state_and_uptime() {
+        let mut p = Peer {
+            name: "tor1".into(),
+            address: "192.0.2.1".into(),
+            peer_asn: 64500,
+            uptime_seconds: 3723.0,
+            prefixes_advertised: 2,
+            updates_sent: 3,
+            ..Peer::default()
+        };
+        p.set_state(PeerState::Established);
+        let text = peers_table(&[p]);
+        assert_eq!(
+            text,
+            "NAME  ADDRESS       AS  STATE          UPTIME  PREFIXES  UPDATES-OUT  UPDATES-IN  LAST-ERROR\n\
+             tor1  192.0.2.1  64500  established  1h02m03s         2            3           0\n"
+        );
+        assert_eq!(peers_table(&[]), "no BGP peers configured\n");
+    }
+
+    #[test]
     fn services_table_counts_active_backends() {
         let text = services_table(&[service()]);
         assert_eq!(
@@ -1277,6 +1410,7 @@ mod tests {
                 ok: false,
                 message: "services[0].port: must be 1..65535".into(),
             }),
+            node_drained: false,
         };
         let text = status_table(&s, 1_192_000);
         assert!(

@@ -32,6 +32,9 @@ pub struct Status {
     /// The last reload attempt, if any.
     #[prost(message, optional, tag = "10")]
     pub last_reload: ::core::option::Option<Reload>,
+    /// Whether the node is drained from the routers (DrainNode).
+    #[prost(bool, tag = "11")]
+    pub node_drained: bool,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Worker {
@@ -210,6 +213,63 @@ pub struct Event {
     #[prost(uint64, tag = "7")]
     pub generation: u64,
 }
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListPeersRequest {}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ListPeersResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub peers: ::prost::alloc::vec::Vec<Peer>,
+}
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Peer {
+    /// The peer's config name (`bgp.peers\[\].name`).
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// The peer's address, as text.
+    #[prost(string, tag = "2")]
+    pub address: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "3")]
+    pub peer_asn: u32,
+    #[prost(uint32, tag = "4")]
+    pub my_asn: u32,
+    #[prost(enumeration = "PeerState", tag = "5")]
+    pub state: i32,
+    /// Seconds since the session became Established; 0 when it is not.
+    #[prost(double, tag = "6")]
+    pub uptime_seconds: f64,
+    /// The last thing that went wrong, empty when none since it came up.
+    #[prost(string, tag = "7")]
+    pub last_error: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "8")]
+    pub updates_sent: u64,
+    #[prost(uint64, tag = "9")]
+    pub updates_received: u64,
+    /// Prefixes the peer has from us now.
+    #[prost(uint32, tag = "10")]
+    pub prefixes_advertised: u32,
+    /// How many times the session reached Established.
+    #[prost(uint64, tag = "11")]
+    pub established_transitions: u64,
+    #[prost(uint64, tag = "12")]
+    pub notifications_sent: u64,
+    #[prost(uint64, tag = "13")]
+    pub notifications_received: u64,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DrainNodeRequest {
+    /// Undrain instead: announce again.
+    #[prost(bool, tag = "1")]
+    pub undrain: bool,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DrainNodeResponse {
+    /// The node's state afterwards.
+    #[prost(bool, tag = "1")]
+    pub drained: bool,
+    /// What happens now, for people.
+    #[prost(string, tag = "2")]
+    pub message: ::prost::alloc::string::String,
+}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum Protocol {
@@ -366,6 +426,11 @@ pub enum EventKind {
     WorkerChanged = 8,
     /// A publication failed.
     PublishFailed = 9,
+    /// A BGP session changed state, or a NOTIFICATION was sent or received.
+    PeerChanged = 10,
+    /// The node was drained from, or undrained back into, the routers.
+    NodeDrained = 11,
+    NodeUndrained = 12,
 }
 impl EventKind {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -384,6 +449,9 @@ impl EventKind {
             Self::WeightChanged => "EVENT_KIND_WEIGHT_CHANGED",
             Self::WorkerChanged => "EVENT_KIND_WORKER_CHANGED",
             Self::PublishFailed => "EVENT_KIND_PUBLISH_FAILED",
+            Self::PeerChanged => "EVENT_KIND_PEER_CHANGED",
+            Self::NodeDrained => "EVENT_KIND_NODE_DRAINED",
+            Self::NodeUndrained => "EVENT_KIND_NODE_UNDRAINED",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -399,6 +467,51 @@ impl EventKind {
             "EVENT_KIND_WEIGHT_CHANGED" => Some(Self::WeightChanged),
             "EVENT_KIND_WORKER_CHANGED" => Some(Self::WorkerChanged),
             "EVENT_KIND_PUBLISH_FAILED" => Some(Self::PublishFailed),
+            "EVENT_KIND_PEER_CHANGED" => Some(Self::PeerChanged),
+            "EVENT_KIND_NODE_DRAINED" => Some(Self::NodeDrained),
+            "EVENT_KIND_NODE_UNDRAINED" => Some(Self::NodeUndrained),
+            _ => None,
+        }
+    }
+}
+/// RFC 4271 session states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum PeerState {
+    Unspecified = 0,
+    Idle = 1,
+    Connect = 2,
+    Active = 3,
+    OpenSent = 4,
+    OpenConfirm = 5,
+    Established = 6,
+}
+impl PeerState {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "PEER_STATE_UNSPECIFIED",
+            Self::Idle => "PEER_STATE_IDLE",
+            Self::Connect => "PEER_STATE_CONNECT",
+            Self::Active => "PEER_STATE_ACTIVE",
+            Self::OpenSent => "PEER_STATE_OPEN_SENT",
+            Self::OpenConfirm => "PEER_STATE_OPEN_CONFIRM",
+            Self::Established => "PEER_STATE_ESTABLISHED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "PEER_STATE_UNSPECIFIED" => Some(Self::Unspecified),
+            "PEER_STATE_IDLE" => Some(Self::Idle),
+            "PEER_STATE_CONNECT" => Some(Self::Connect),
+            "PEER_STATE_ACTIVE" => Some(Self::Active),
+            "PEER_STATE_OPEN_SENT" => Some(Self::OpenSent),
+            "PEER_STATE_OPEN_CONFIRM" => Some(Self::OpenConfirm),
+            "PEER_STATE_ESTABLISHED" => Some(Self::Established),
             _ => None,
         }
     }
@@ -651,6 +764,58 @@ pub mod control_client {
                 .insert(GrpcMethod::new("sluice.v1.Control", "WatchEvents"));
             self.inner.server_streaming(req, path, codec).await
         }
+        /// The BGP sessions: state and counters.
+        pub async fn list_peers(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ListPeersRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListPeersResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/sluice.v1.Control/ListPeers",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("sluice.v1.Control", "ListPeers"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Drains this LB node from the routers (RFC 8326: every VIP re-announced with
+        /// GRACEFUL_SHUTDOWN, then withdrawn after `bgp.graceful_shutdown_wait`), or undrains it.
+        /// The dataplane keeps forwarding what still arrives.
+        pub async fn drain_node(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DrainNodeRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DrainNodeResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/sluice.v1.Control/DrainNode",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("sluice.v1.Control", "DrainNode"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -711,6 +876,24 @@ pub mod control_server {
             request: tonic::Request<super::WatchEventsRequest>,
         ) -> std::result::Result<
             tonic::Response<Self::WatchEventsStream>,
+            tonic::Status,
+        >;
+        /// The BGP sessions: state and counters.
+        async fn list_peers(
+            &self,
+            request: tonic::Request<super::ListPeersRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ListPeersResponse>,
+            tonic::Status,
+        >;
+        /// Drains this LB node from the routers (RFC 8326: every VIP re-announced with
+        /// GRACEFUL_SHUTDOWN, then withdrawn after `bgp.graceful_shutdown_wait`), or undrains it.
+        /// The dataplane keeps forwarding what still arrives.
+        async fn drain_node(
+            &self,
+            request: tonic::Request<super::DrainNodeRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::DrainNodeResponse>,
             tonic::Status,
         >;
     }
@@ -1095,6 +1278,92 @@ pub mod control_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/sluice.v1.Control/ListPeers" => {
+                    #[allow(non_camel_case_types)]
+                    struct ListPeersSvc<T: Control>(pub Arc<T>);
+                    impl<T: Control> tonic::server::UnaryService<super::ListPeersRequest>
+                    for ListPeersSvc<T> {
+                        type Response = super::ListPeersResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ListPeersRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Control>::list_peers(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ListPeersSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/sluice.v1.Control/DrainNode" => {
+                    #[allow(non_camel_case_types)]
+                    struct DrainNodeSvc<T: Control>(pub Arc<T>);
+                    impl<T: Control> tonic::server::UnaryService<super::DrainNodeRequest>
+                    for DrainNodeSvc<T> {
+                        type Response = super::DrainNodeResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DrainNodeRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Control>::drain_node(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DrainNodeSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)
