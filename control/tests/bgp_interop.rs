@@ -603,3 +603,77 @@ async fn gobgp_child() {
     assert_eq!(speaker.peers()[0].peer_address, peer);
     speaker.shutdown(None).await;
 }
+
+/// BIRD with `password "sluice-md5"`: the speaker with the same password reaches Established
+/// and announces; with a wrong one the kernel drops every segment, so the session never gets
+/// past Connect/Active.
+#[test]
+fn bird_md5_matching_password_comes_up_and_a_wrong_one_does_not() {
+    const NAME: &str = "bird_md5_matching_password_comes_up_and_a_wrong_one_does_not";
+    if is_child(NAME) {
+        return child_runtime().block_on(bird_md5_child());
+    }
+    let lab = Lab::new("bm");
+    let dir = TempDir::new("bm");
+    let config = bird_config(ROUTER_ASN, MY_ASN, false).replacen(
+        "hold time 9;",
+        "hold time 9;\n           password \"sluice-md5\";",
+        1,
+    );
+    let (_bird, sock, log) = start_bird(&lab, &dir, &config);
+    run_child(
+        &lab.speaker,
+        NAME,
+        &[
+            (ENV_ROUTER_NS, lab.router.name()),
+            (ENV_BIRD_SOCK, &sock.to_string_lossy()),
+        ],
+        Duration::from_secs(300),
+        &log,
+    );
+}
+
+async fn bird_md5_child() {
+    let sock = env(ENV_BIRD_SOCK);
+    let peer = |password: &str| PeerConfig {
+        source_address: Some(SPEAKER4.parse().unwrap()),
+        hold_time: Duration::from_secs(9),
+        connect_retry: Duration::from_secs(1),
+        password: Some(password.into()),
+        ..PeerConfig::new(
+            MY_ASN,
+            ROUTER_ASN,
+            ROUTER4.parse().unwrap(),
+            SPEAKER4.parse().unwrap(),
+        )
+    };
+    // Wrong password first: nothing gets through for several connect attempts.
+    let wrong = Speaker::start(vec![peer("not-the-password")]).expect("speaker");
+    wrong
+        .set_advertisements(vec![ad4(vec![], vec![], None)])
+        .expect("advertisements");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let st = &wrong.peers()[0];
+    assert_ne!(st.state, State::Established, "{st:?}");
+    assert_eq!(st.established_transitions, 0, "{st:?}");
+    assert!(
+        !birdc(&sock, &["show", "protocols", "all", "sluice"]).contains("Established"),
+        "BIRD accepted a session with a wrong MD5 password"
+    );
+    wrong.shutdown(None).await;
+    drop(wrong);
+
+    // The matching password: Established, and the route arrives.
+    let right = Speaker::start(vec![peer("sluice-md5")]).expect("speaker");
+    right
+        .set_advertisements(vec![ad4(vec![], vec![], None)])
+        .expect("advertisements");
+    wait_established(&right).await;
+    assert_has(
+        &birdc(&sock, &["show", "protocols", "all", "sluice"]),
+        "Established",
+    );
+    let r4 = bird_route(&sock, "10.90.0.100/32").await;
+    assert_has(&r4, &format!("via {SPEAKER4}"));
+    right.shutdown(None).await;
+}

@@ -91,13 +91,9 @@ pub enum BgpConfigError {
         /// The refused delay.
         retry: Duration,
     },
-    /// TCP MD5 signatures (RFC 2385) are not implemented yet: setting `TCP_MD5SIG` needs a raw
-    /// `setsockopt` that neither `socket2` nor `tokio` wraps, and this crate forbids `unsafe`.
-    #[error(
-        "peer {0}: a password (TCP MD5, RFC 2385) is configured, but TCP MD5 signatures are not \
-         supported yet; remove the password or terminate the session elsewhere"
-    )]
-    PasswordNotSupported(IpAddr),
+    /// A TCP MD5 password (RFC 2385) must be 1–80 bytes (the kernel's key limit).
+    #[error("peer {0}: the password (TCP MD5 key, RFC 2385) must be 1-80 bytes")]
+    BadPassword(IpAddr),
     /// Two peers share an address.
     #[error("peer {0} is configured twice")]
     DuplicatePeer(IpAddr),
@@ -174,7 +170,7 @@ pub struct PeerConfig {
     pub router_id: Ipv4Addr,
     /// Wait for the peer to connect instead of connecting (RFC 4271 PassiveTcpEstablishment).
     pub passive: bool,
-    /// TCP MD5 key (RFC 2385). Not supported yet: a set password fails validation.
+    /// TCP MD5 key (RFC 2385), 1–80 bytes.
     pub password: Option<String>,
     /// First connect-retry delay after a failed or dropped session; doubles up to 60 s, with
     /// jitter. Also bounds one TCP connect attempt. Default 5 s.
@@ -285,8 +281,10 @@ impl PeerConfig {
                 retry: self.connect_retry,
             });
         }
-        if self.password.is_some() {
-            return Err(BgpConfigError::PasswordNotSupported(peer));
+        if self.password.as_ref().is_some_and(|p| {
+            p.is_empty() || p.len() > sluice_dataplane::io::sockopt::TCP_MD5_MAX_KEY
+        }) {
+            return Err(BgpConfigError::BadPassword(peer));
         }
         Ok(())
     }
@@ -609,10 +607,17 @@ mod tests {
             ),
             (
                 PeerConfig {
-                    password: Some("secret".into()),
+                    password: Some("x".repeat(81)),
                     ..peer()
                 },
-                BgpConfigError::PasswordNotSupported(ip),
+                BgpConfigError::BadPassword(ip),
+            ),
+            (
+                PeerConfig {
+                    password: Some(String::new()),
+                    ..peer()
+                },
+                BgpConfigError::BadPassword(ip),
             ),
         ];
         for (cfg, want) in cases {

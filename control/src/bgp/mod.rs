@@ -20,8 +20,10 @@
 //! every protocol error is answered with the RFC's NOTIFICATION and followed by a reconnect
 //! with back-off; received routes are counted, never installed.
 //!
-//! Not implemented (yet): TCP MD5 signatures (a configured password is refused at start), RFC
-//! 8950 IPv4-over-IPv6 next hops, graceful restart, ADD-PATH, enhanced route refresh, and
+//! TCP MD5 signatures (RFC 2385): a peer's password is installed on its socket before connect
+//! (active) or on the listening socket for its address (passive).
+//!
+//! Not implemented (yet): RFC 8950 IPv4-over-IPv6 next hops, graceful restart, ADD-PATH, enhanced route refresh, and
 //! connection collision detection (a peer is either active or passive, never both).
 
 pub mod backoff;
@@ -164,7 +166,7 @@ impl Speaker {
     /// [`Speaker::set_advertisements`].
     ///
     /// # Errors
-    /// An invalid peer (including a set password: TCP MD5 is not supported yet), two peers
+    /// An invalid peer (a password longer than 80 bytes included), two peers
     /// with one address, or a listening socket that cannot be opened.
     ///
     /// # Panics
@@ -191,7 +193,12 @@ impl Speaker {
         }
         let mut bound = Vec::with_capacity(listeners.len());
         for (addr, routes) in listeners {
-            let l = bind_listener(addr).map_err(|source| BgpError::Listen { addr, source })?;
+            let keys: Vec<(IpAddr, &str)> = routes
+                .iter()
+                .filter_map(|(peer, &i)| Some((*peer, peers.get(i)?.password.as_deref()?)))
+                .collect();
+            let l =
+                bind_listener(addr, &keys).map_err(|source| BgpError::Listen { addr, source })?;
             bound.push((l, routes));
         }
 
@@ -318,9 +325,15 @@ fn seed(p: &PeerConfig) -> u64 {
     h
 }
 
-fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+/// A listening socket on `addr`, with the TCP MD5 key of each passive peer that has one.
+fn bind_listener(addr: SocketAddr, keys: &[(IpAddr, &str)]) -> io::Result<TcpListener> {
+    use std::os::fd::AsFd as _;
+
     use socket2::{Domain, Protocol, Socket, Type};
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    for (peer, key) in keys {
+        sluice_dataplane::io::sockopt::set_tcp_md5sig(sock.as_fd(), *peer, key.as_bytes())?;
+    }
     if addr.is_ipv6() {
         // So that an IPv4 wildcard listener on the same port can coexist.
         sock.set_only_v6(true)?;

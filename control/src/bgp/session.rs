@@ -364,7 +364,11 @@ impl Session {
             Action::Connect => {
                 let cfg = self.fsm.config();
                 let peer = SocketAddr::new(cfg.peer_address, cfg.peer_port);
-                self.connecting = Some(Box::pin(connect(peer, cfg.source_address)));
+                self.connecting = Some(Box::pin(connect(
+                    peer,
+                    cfg.source_address,
+                    cfg.password.clone(),
+                )));
             }
             Action::Close => {
                 self.connecting = None;
@@ -584,12 +588,20 @@ async fn sleep_opt(deadline: Option<Instant>) {
     }
 }
 
-async fn connect(peer: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+async fn connect(
+    peer: SocketAddr,
+    source: Option<IpAddr>,
+    password: Option<String>,
+) -> io::Result<TcpStream> {
     let sock = if peer.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
+    if let Some(pw) = &password {
+        use std::os::fd::AsFd as _;
+        sluice_dataplane::io::sockopt::set_tcp_md5sig(sock.as_fd(), peer.ip(), pw.as_bytes())?;
+    }
     if let Some(src) = source {
         sock.bind(SocketAddr::new(src, 0))?;
     }

@@ -35,6 +35,7 @@ mod mempool;
 #[cfg(feature = "dpdk")]
 mod port;
 pub mod shm;
+pub mod sockopt;
 
 #[cfg(feature = "dpdk")]
 pub use eal::{Eal, EalConfig, EalError, Memory, lcore_id, register_thread, tsc, tsc_hz};
