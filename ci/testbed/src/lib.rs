@@ -445,41 +445,7 @@ impl OneArm {
     /// # Errors
     /// Spawn failure.
     pub fn start_servers(&self, server_bin: &Path, port: u16) -> io::Result<Vec<Proc>> {
-        let mut procs = Vec::new();
-        for (i, b) in self.backends.iter().enumerate() {
-            let name = format!("b{}", i + 1);
-            let mut cmd = b.command(server_bin);
-            cmd.args(["--listen", &format!("[::]:{port}"), "--name", &name])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            procs.push(Proc::spawn(&name, &mut cmd)?);
-        }
-        // Wait until every server accepts (bounded).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for (i, b) in self.backends.iter().enumerate() {
-            let probe = addr::backend4(i);
-            loop {
-                let ok = b
-                    .command("bash")
-                    .args(["-c", &format!("exec 3<>/dev/tcp/{probe}/{port}")])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
-                if ok {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    return Err(io::Error::other(format!(
-                        "server b{} never listened",
-                        i + 1
-                    )));
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        Ok(procs)
+        start_servers_on(&self.backends, server_bin, port)
     }
 }
 
@@ -676,4 +642,321 @@ pub fn control_test_config(
         );
     }
     s
+}
+
+/// The ECMP testbed: a client behind a router that spreads a VIP over two LB nodes by
+/// multipath routes (issue #6's ECMP and failover acceptance).
+///
+/// ```text
+///   client (eth0 10.91.1.2) ── router (rc 10.91.1.1; br0 10.90.0.1/24, m1 10.91.3.1, m2 10.91.4.1)
+///                                 br0 ├── lb1 (veth `lb0`, MAC …:03, DPDK owns it; node 10.90.0.3)
+///                                     ├── lb2 (veth `lb0`, MAC …:04, DPDK owns it; node 10.90.0.4)
+///                                     └── b1…bn (10.90.0.11…, default route via 10.90.0.1)
+///   mgmt1 (eth0 10.91.3.2) ── router m1      mgmt2 (eth0 10.91.4.2) ── router m2
+/// ```
+///
+/// The bridge `br0` lives in the router namespace; each LB node's data port has no kernel
+/// address (DPDK answers ARP for the node address), so each node's control daemon runs in a
+/// small management namespace of its own (`mgmt[i]`) with a point-to-point link to the router,
+/// where it peers with the router's BGP daemon and announces the VIP with its node's data
+/// address as next hop. The router forwards (`ip_forward=1`) and hashes multipath routes on
+/// the L4 ports (`fib_multipath_hash_policy=1`). Backends are set up as in [`OneArm`]
+/// ([`BackendMode::Dsr`]: the VIP on their loopback, replies straight to the client through
+/// the router). MACs are `02:90:00:00:00:XX` as in [`OneArm`]; offloads are off on every host
+/// veth. Every namespace (and so every veth) is deleted when the value drops.
+#[derive(Debug)]
+pub struct Ecmp {
+    /// The backends, in order b1…bn.
+    pub backends: Vec<Netns>,
+    /// The client.
+    pub client: Netns,
+    /// The LB nodes' data namespaces (lb1, lb2); each one's `lb0` is the port DPDK opens.
+    pub lbs: Vec<Netns>,
+    /// The LB nodes' management namespaces, where their control daemons run.
+    pub mgmt: Vec<Netns>,
+    /// The router (declared last so it is deleted after the hosts).
+    pub router: Netns,
+}
+
+/// [`Ecmp`] addressing.
+pub mod ecmp_addr {
+    /// The client's address.
+    pub const CLIENT4: &str = "10.91.1.2";
+    /// The router's address towards the client.
+    pub const ROUTER_CLIENT4: &str = "10.91.1.1";
+    /// The router's address on the LB/backend segment.
+    pub const ROUTER4: &str = "10.90.0.1";
+    /// LB node `i`'s (0-based) host byte on the segment: 3, 4, …
+    pub fn lb_host(i: usize) -> u8 {
+        3 + u8::try_from(i).unwrap_or(0)
+    }
+    /// LB node `i`'s (0-based) data address (its `node.ipv4`, the BGP next hop).
+    pub fn lb4(i: usize) -> String {
+        format!("10.90.0.{}", lb_host(i))
+    }
+    /// The router's address on LB node `i`'s management link.
+    pub fn router_mgmt4(i: usize) -> String {
+        format!("10.91.{}.1", 3 + i)
+    }
+    /// LB node `i`'s management address (its control daemon's BGP source address).
+    pub fn mgmt4(i: usize) -> String {
+        format!("10.91.{}.2", 3 + i)
+    }
+}
+
+/// Turns off checksum offload, TSO, GSO and GRO on `ifname` in `ns`.
+fn offloads_off(ns: &Netns, ifname: &str) -> io::Result<()> {
+    ns.exec(
+        "ethtool",
+        &[
+            "-K", ifname, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+        ],
+    )
+    .map(|_| ())
+}
+
+impl Ecmp {
+    /// Builds the testbed with `lbs` LB nodes (at most 8) and `backends` DSR backends.
+    ///
+    /// # Errors
+    /// Any failing `ip` / `sysctl` / `ethtool` command.
+    pub fn new(tag: &str, lbs: usize, backends: usize) -> io::Result<Ecmp> {
+        remove_stale();
+        let router = Netns::new(&format!("{tag}rt"))?;
+        router.ip(&[
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ])?;
+        router.sysctl("net.ipv6.conf.br0.disable_ipv6", "1")?;
+        router.ip(&["addr", "add", "10.90.0.1/24", "dev", "br0"])?;
+        router.ip(&["link", "set", "br0", "up"])?;
+        router.sysctl("net.ipv4.ip_forward", "1")?;
+        router.sysctl("net.ipv4.fib_multipath_hash_policy", "1")?;
+        router.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+        router.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+        router.sysctl("net.ipv4.conf.all.send_redirects", "0")?;
+
+        // A host on the segment: a veth from `ns`'s `ifname` to a bridge port in the router.
+        let on_segment = |name: &str, byte: u8, ifname: &str| -> io::Result<Netns> {
+            let ns = Netns::new(&format!("{tag}{name}"))?;
+            let port = format!("p{name}");
+            ns.veth_to(ifname, &router, &port)?;
+            router.sysctl(&format!("net.ipv6.conf.{port}.disable_ipv6"), "1")?;
+            router.ip(&["link", "set", &port, "master", "br0"])?;
+            offloads_off(&router, &port)?;
+            ns.ip(&["link", "set", ifname, "down"])?;
+            ns.ip(&["link", "set", ifname, "address", &addr::mac_str(byte)])?;
+            ns.sysctl(&format!("net.ipv6.conf.{ifname}.disable_ipv6"), "1")?;
+            offloads_off(&ns, ifname)?;
+            ns.ip(&["link", "set", ifname, "up"])?;
+            Ok(ns)
+        };
+        // A point-to-point link from the router's `rif` (`raddr`/24) to `ns`'s eth0 (`addr`/24).
+        let p2p = |ns: &Netns, rif: &str, raddr: &str, addr: &str| -> io::Result<()> {
+            router.veth_to(rif, ns, "eth0")?;
+            for (n, i) in [(&router, rif), (ns, "eth0")] {
+                n.sysctl(&format!("net.ipv6.conf.{i}.disable_ipv6"), "1")?;
+                offloads_off(n, i)?;
+            }
+            router.ip(&["addr", "add", &format!("{raddr}/24"), "dev", rif])?;
+            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            ns.ip(&["route", "add", "default", "via", raddr])?;
+            Ok(())
+        };
+
+        let client = Netns::new(&format!("{tag}c"))?;
+        p2p(&client, "rc", ecmp_addr::ROUTER_CLIENT4, ecmp_addr::CLIENT4)?;
+
+        let mut lb_ns = Vec::new();
+        let mut mgmt = Vec::new();
+        for i in 0..lbs {
+            lb_ns.push(on_segment(
+                &format!("lb{}", i + 1),
+                ecmp_addr::lb_host(i),
+                "lb0",
+            )?);
+            let m = Netns::new(&format!("{tag}m{}", i + 1))?;
+            p2p(
+                &m,
+                &format!("m{}", i + 1),
+                &ecmp_addr::router_mgmt4(i),
+                &ecmp_addr::mgmt4(i),
+            )?;
+            mgmt.push(m);
+        }
+
+        let mut bs = Vec::new();
+        for i in 0..backends {
+            let byte = addr::backend_host(i);
+            let b = on_segment(&format!("b{}", i + 1), byte, "eth0")?;
+            b.ip(&["addr", "add", &format!("10.90.0.{byte}/24"), "dev", "eth0"])?;
+            b.ip(&["route", "add", "default", "via", ecmp_addr::ROUTER4])?;
+            b.ip(&["addr", "add", &format!("{}/32", addr::VIP4), "dev", "lo"])?;
+            b.sysctl("net.ipv4.conf.all.arp_ignore", "1")?;
+            b.sysctl("net.ipv4.conf.all.arp_announce", "2")?;
+            b.sysctl("net.ipv4.conf.eth0.rp_filter", "0")?;
+            b.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+            bs.push(b);
+        }
+        Ok(Ecmp {
+            backends: bs,
+            client,
+            lbs: lb_ns,
+            mgmt,
+            router,
+        })
+    }
+
+    /// Starts `tb-server` on every backend (as [`OneArm::start_servers`]).
+    ///
+    /// # Errors
+    /// Spawn failure, or a server that never listens.
+    pub fn start_servers(&self, server_bin: &Path, port: u16) -> io::Result<Vec<Proc>> {
+        start_servers_on(&self.backends, server_bin, port)
+    }
+
+    /// The router's kernel route for the VIP (`ip route show VIP/32`), empty when none.
+    ///
+    /// # Errors
+    /// A failing `ip`.
+    pub fn vip_route(&self) -> io::Result<String> {
+        self.router
+            .ip(&["route", "show", &format!("{}/32", addr::VIP4)])
+    }
+
+    /// The `sluice-dataplane` config for LB node `i` (0-based): as [`dataplane_test_config`],
+    /// with the node's own address and no exception port.
+    pub fn dataplane_config(&self, i: usize, region: &str) -> String {
+        dataplane_config_for(region, "lb0", &ecmp_addr::lb4(i))
+    }
+
+    /// The `sluice-control` config for LB node `i` (0-based): node `lb{i+1}` with its data
+    /// address, table region `region`, metrics on `127.0.0.1:metrics_port` (in its management
+    /// namespace), the API on `socket`, pool `demo`, one DSR service `web` on `VIP4:port` with
+    /// every backend, and one BGP peer `router` (AS 64512 → 64500) from its management address
+    /// to the router's end of that link. No health checks.
+    pub fn control_config(
+        &self,
+        i: usize,
+        region: &str,
+        metrics_port: u16,
+        socket: &Path,
+        port: u16,
+    ) -> String {
+        let mut s = format!(
+            "[node]\nname = \"lb{}\"\nipv4 = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n\
+             [api]\nsocket = \"{}\"\n\n\
+             [tables]\nregion = \"{region}\"\nmax_services = 16\nmax_workers = 4\narena_mb = 4\n\n\
+             [bgp]\n\n[[bgp.peers]]\nname = \"router\"\nmy_asn = 64512\npeer_asn = 64500\n\
+             peer_address = \"{}\"\nsource_address = \"{}\"\nhold_time = \"9s\"\n\n\
+             [[bgp.advertisements]]\npools = [\"demo\"]\n\n\
+             [[pools]]\nname = \"demo\"\naddresses = [\"10.90.0.96/28\"]\n\n\
+             [[services]]\nname = \"web\"\nvip = \"{}\"\nport = {port}\nprotocol = \"tcp\"\nmode = \"dsr\"\n",
+            i + 1,
+            ecmp_addr::lb4(i),
+            socket.display(),
+            ecmp_addr::router_mgmt4(i),
+            ecmp_addr::mgmt4(i),
+            addr::VIP4
+        );
+        for b in 0..self.backends.len() {
+            s += &format!(
+                "\n[[services.backends]]\nname = \"b{}\"\naddress = \"{}\"\nmac = \"{}\"\n",
+                b + 1,
+                addr::backend4(b),
+                addr::mac_str(addr::backend_host(b))
+            );
+        }
+        s
+    }
+
+    /// The router's BIRD 2 config: router id `10.91.1.1`, AS 64500, one multihop eBGP session
+    /// per LB node's management address (importing everything, exporting nothing), the
+    /// connected segment (`protocol direct`) so the next hops resolve, and a kernel protocol
+    /// that merges equal BGP routes into one multipath kernel route.
+    pub fn bird_config(&self) -> String {
+        let mut s = format!(
+            "router id {};\nprotocol device {{ scan time 1; }}\n\
+             protocol direct {{ ipv4; interface \"br0\"; }}\n\
+             protocol kernel {{\n  ipv4 {{ import none; export where source = RTS_BGP; }};\n  \
+             merge paths yes;\n}}\n",
+            ecmp_addr::ROUTER_CLIENT4
+        );
+        for i in 0..self.lbs.len() {
+            s += &format!(
+                "protocol bgp lb{} {{\n  local {} as 64500;\n  neighbor {} as 64512;\n  \
+                 multihop 2;\n  hold time 9;\n  ipv4 {{ import all; export none; }};\n}}\n",
+                i + 1,
+                ecmp_addr::router_mgmt4(i),
+                ecmp_addr::mgmt4(i)
+            );
+        }
+        s
+    }
+}
+
+/// `tb-server` on each of `backends`, named b1…bn, waited for until each accepts.
+fn start_servers_on(backends: &[Netns], server_bin: &Path, port: u16) -> io::Result<Vec<Proc>> {
+    let mut procs = Vec::new();
+    for (i, b) in backends.iter().enumerate() {
+        let name = format!("b{}", i + 1);
+        let mut cmd = b.command(server_bin);
+        cmd.args(["--listen", &format!("[::]:{port}"), "--name", &name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        procs.push(Proc::spawn(&name, &mut cmd)?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (i, b) in backends.iter().enumerate() {
+        let probe = addr::backend4(i);
+        loop {
+            let ok = b
+                .command("bash")
+                .args(["-c", &format!("exec 3<>/dev/tcp/{probe}/{port}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "server b{} never listened",
+                    i + 1
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(procs)
+}
+
+/// A `sluice-dataplane` config like [`dataplane_test_config`] for any DPDK port `iface`
+/// (opened with `net_af_packet`) and node address `ipv4`, without IPv6 or an exception port.
+pub fn dataplane_config_for(region: &str, iface: &str, ipv4: &str) -> String {
+    let core = usize::from(std::thread::available_parallelism().map_or(1, |n| n.get()) > 1);
+    format!(
+        r#"tables = "{region}"
+tables_wait_s = 10
+[eal]
+memory = "no-huge"
+memory_mb = 256
+mbufs = 8191
+[[ports]]
+device = "net_af_packet0,iface={iface}"
+[workers]
+cores = [{core}]
+[node]
+ipv4 = "{ipv4}"
+[conntrack]
+capacity_per_worker = 65536
+"#
+    )
 }
