@@ -1,1 +1,3 @@
 //! Shared helpers for Sluice's benchmarks.
+
+pub mod pktgen;
