@@ -2,8 +2,8 @@
 //!
 //! Setup shared by every case: 64 IPv4 TCP services (`198.51.100.0..64:80`) × 32 backends
 //! each, Maglev M = 4093 (≈ 128 entries per backend, so ≥ 100 × backends), built with the
-//! same builder control uses and served by `StaticServices` (a hashbrown + ahash index, as the
-//! shared-memory reader has). 100 000 flows from random IPv4 clients and ports, spread over
+//! same builder control uses and served by `StaticServices` (the same hashbrown index of
+//! packed keys as the shared-memory reader has). 100 000 flows from random IPv4 clients and ports, spread over
 //! the services; their frames are 64 bytes on the wire (60-byte frames: Ethernet + IPv4 +
 //! TCP + 6 bytes of payload, + 4 FCS), stored back to back in a pre-shuffled order. Times are
 //! nanosecond ticks. Nothing in a measured loop allocates.

@@ -57,21 +57,30 @@ pub enum Family {
 
 /// A flow's 5-tuple: `(family, protocol, src, dst, src port, dst port)`.
 ///
-/// 38 bytes, `Copy`, alignment 2; `Option<FlowKey>` is the same size (the [`Family`] byte
+/// 40 bytes, `Copy`, alignment 4; `Option<FlowKey>` is the same size (the [`Family`] byte
 /// gives the niche). Ports are host-order numbers; they are 0 for protocols without ports and
 /// in 3-tuple keys (fragments).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Eq, PartialOrd, Ord)]
 pub struct FlowKey {
     family: Family,
     proto: u8,
     src: [u8; 16],
     dst: [u8; 16],
-    src_port: u16,
-    dst_port: u16,
+    /// `src_port << 16 | dst_port`: one field, so that a key is stored and read back as one
+    /// word. Two `u16` fields were stored apart and then read as one combined load by the
+    /// hash, which cannot take its data from two pending stores (a store-forwarding stall on
+    /// every conntrack lookup). The order is the same as the two ports' order.
+    ports: u32,
 }
 
-const _: () = assert!(size_of::<FlowKey>() == 38);
-const _: () = assert!(size_of::<Option<FlowKey>>() == 38);
+const _: () = assert!(size_of::<FlowKey>() == 40);
+const _: () = assert!(size_of::<Option<FlowKey>>() == 40);
+
+/// [`FlowKey::ports`] of two ports.
+#[inline]
+const fn pack_ports(src_port: u16, dst_port: u16) -> u32 {
+    (src_port as u32) << 16 | dst_port as u32
+}
 
 // === impl FlowKey ===
 
@@ -91,8 +100,7 @@ impl FlowKey {
             proto: proto.0,
             src: src.to_ipv6_mapped().octets(),
             dst: dst.to_ipv6_mapped().octets(),
-            src_port,
-            dst_port,
+            ports: pack_ports(src_port, dst_port),
         }
     }
 
@@ -111,8 +119,7 @@ impl FlowKey {
             proto: proto.0,
             src: src.octets(),
             dst: dst.octets(),
-            src_port,
-            dst_port,
+            ports: pack_ports(src_port, dst_port),
         }
     }
 
@@ -151,8 +158,7 @@ impl FlowKey {
             proto: self.proto,
             src: self.dst,
             dst: self.src,
-            src_port: self.dst_port,
-            dst_port: self.src_port,
+            ports: self.ports.rotate_left(16),
         }
     }
 
@@ -160,11 +166,7 @@ impl FlowKey {
     #[inline]
     #[must_use]
     pub const fn without_ports(&self) -> Self {
-        Self {
-            src_port: 0,
-            dst_port: 0,
-            ..*self
-        }
+        Self { ports: 0, ..*self }
     }
 
     /// Address family.
@@ -213,14 +215,18 @@ impl FlowKey {
     #[inline]
     #[must_use]
     pub const fn src_port(&self) -> u16 {
-        self.src_port
+        #[allow(clippy::cast_possible_truncation, reason = "the high half, on purpose")]
+        let p = (self.ports >> 16) as u16;
+        p
     }
 
     /// Destination port (0 when none).
     #[inline]
     #[must_use]
     pub const fn dst_port(&self) -> u16 {
-        self.dst_port
+        #[allow(clippy::cast_possible_truncation, reason = "the low half, on purpose")]
+        let p = self.ports as u16;
+        p
     }
 
     /// The 38-byte serialization [`flow_hash`] hashes (layout in the module docs). Part of
@@ -233,9 +239,23 @@ impl FlowKey {
         b[1] = self.proto;
         b[2..18].copy_from_slice(&self.src);
         b[18..34].copy_from_slice(&self.dst);
-        b[34..36].copy_from_slice(&self.src_port.to_be_bytes());
-        b[36..38].copy_from_slice(&self.dst_port.to_be_bytes());
+        b[34..38].copy_from_slice(&self.ports.to_be_bytes());
         b
+    }
+}
+
+impl PartialEq for FlowKey {
+    /// Field equality, as derived, compared as three words (the addresses as `u128`s, the
+    /// rest packed) instead of a branch per field: every conntrack probe compares keys.
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        let rest = |k: &Self| {
+            u64::from(k.ports) | u64::from(k.proto) << 32 | u64::from(k.family as u8) << 40
+        };
+        ((u128::from_ne_bytes(self.src) ^ u128::from_ne_bytes(other.src))
+            | (u128::from_ne_bytes(self.dst) ^ u128::from_ne_bytes(other.dst))
+            | u128::from(rest(self) ^ rest(other)))
+            == 0
     }
 }
 
@@ -247,8 +267,7 @@ impl Hash for FlowKey {
         state.write_u128(u128::from_ne_bytes(self.src));
         state.write_u128(u128::from_ne_bytes(self.dst));
         state.write_u64(
-            u64::from(self.src_port)
-                | u64::from(self.dst_port) << 16
+            u64::from(self.ports)
                 | u64::from(self.proto) << 32
                 | u64::from(self.family as u8) << 40,
         );
@@ -267,8 +286,13 @@ impl std::fmt::Debug for FlowKey {
             IpProtocol(p) => write!(f, "proto{p} ")?,
         }
         match self.family {
-            Family::V4 => write!(f, "{src}:{} -> {dst}:{}", self.src_port, self.dst_port),
-            Family::V6 => write!(f, "[{src}]:{} -> [{dst}]:{}", self.src_port, self.dst_port),
+            Family::V4 => write!(f, "{src}:{} -> {dst}:{}", self.src_port(), self.dst_port()),
+            Family::V6 => write!(
+                f,
+                "[{src}]:{} -> [{dst}]:{}",
+                self.src_port(),
+                self.dst_port()
+            ),
         }
     }
 }
@@ -377,8 +401,8 @@ fn le32(b: &[u8; 16], at: usize) -> u64 {
 fn xxh3_38(key: &FlowKey, seed: u64) -> u64 {
     const PRIME64_1: u64 = 0x9E37_79B1_85EB_CA87;
     let (s, d) = (&key.src, &key.dst);
-    let sport = u64::from(key.src_port.swap_bytes());
-    let dport = u64::from(key.dst_port.swap_bytes());
+    let sport = u64::from(key.src_port().swap_bytes());
+    let dport = u64::from(key.dst_port().swap_bytes());
     // Little-endian words of the serialization at the offsets xxh3 reads.
     let at0 = u64::from(key.family as u8) | u64::from(key.proto) << 8 | le64(s, 0) << 16;
     let at6 = le64(s, 4);

@@ -114,7 +114,7 @@ use std::ops::RangeInclusive;
 
 use crate::conntrack::{ConnTrack, Entry, HashedKey, InsertError, Tick};
 use crate::flow::{FlowKey, flow_hash};
-use crate::tables::{BackendEntry, BackendId, BackendState, Mode, ServiceKey};
+use crate::tables::{BackendEntry, BackendId, BackendState, Mode};
 use crate::wire::{
     EthernetAddress, FragmentInfo, FrameError, IcmpInfo, IpProtocol, L3, ParsedFrame, TcpFlags,
     icmpv4, icmpv6, parse_frame,
@@ -322,14 +322,22 @@ impl Pipeline {
             for k in staged.iter().flatten().filter_map(|st| st.key.as_ref()) {
                 self.ct.prefetch(k);
             }
-            for ((p, v), st) in pkts.iter_mut().zip(verdicts.iter_mut()).zip(staged) {
+            // By reference: a copy of each staged parse would be stored piecewise and read
+            // back whole at once (a store-forwarding stall per packet).
+            for ((p, v), st) in pkts.iter_mut().zip(verdicts.iter_mut()).zip(&staged) {
                 let bytes = u32::try_from(p.data().len()).unwrap_or(u32::MAX);
                 self.counters.rx_packets += 1;
                 self.counters.rx_bytes += u64::from(bytes);
                 *v = match st {
-                    Some(st) => {
-                        self.classify_parsed(mac, p, st.pf, st.key.as_ref(), services, now, bytes)
-                    }
+                    Some(st) => self.classify_parsed(
+                        mac,
+                        p,
+                        st.pf.as_ref().map_err(|e| *e),
+                        st.key.as_ref(),
+                        services,
+                        now,
+                        bytes,
+                    ),
                     None => self.classify(mac, p, services, now, bytes),
                 };
                 self.counters.count(v);
@@ -351,7 +359,15 @@ impl Pipeline {
         bytes: u32,
     ) -> Verdict {
         let pf = parse_frame(pkt.data());
-        self.classify_parsed(mac, pkt, pf, None, services, now, bytes)
+        self.classify_parsed(
+            mac,
+            pkt,
+            pf.as_ref().map_err(|e| *e),
+            None,
+            services,
+            now,
+            bytes,
+        )
     }
 
     /// [`Pipeline::classify`] of a frame already parsed (`parsed` is `parse_frame` of its
@@ -363,7 +379,7 @@ impl Pipeline {
         &mut self,
         mac: EthernetAddress,
         pkt: &mut B,
-        parsed: Result<ParsedFrame, FrameError>,
+        parsed: Result<&ParsedFrame, FrameError>,
         hint: Option<&HashedKey>,
         services: &S,
         now: Tick,
@@ -383,25 +399,24 @@ impl Pipeline {
         }
         match pf.l3 {
             L3::Ipv4 | L3::Ipv6 => {}
-            L3::Arp => return self.arp(mac, pkt, &pf, services),
+            L3::Arp => return self.arp(mac, pkt, pf, services),
             L3::Other(_) => return Verdict::Exception,
         }
         if pf.proto == IpProtocol::TCP || pf.proto == IpProtocol::UDP {
             if pf.fragment == FragmentInfo::NonFirst {
-                if let Some(v) = self.later_fragment(mac, pkt, &pf, services, now, bytes) {
+                if let Some(v) = self.later_fragment(mac, pkt, pf, services, now, bytes) {
                     return v;
                 }
             } else {
-                let key = service_key(pf.dst, pf.dst_port, pf.proto);
-                if let Some(svc) = services.service(&key) {
-                    return self.service_packet(mac, pkt, &pf, &svc, hint, now, bytes);
+                if let Some(svc) = services.service_of(pf.dst, pf.dst_port, pf.proto.0) {
+                    return self.service_packet(mac, pkt, pf, &svc, hint, now, bytes);
                 }
-                if let Some(v) = self.nat_reply(mac, pkt, &pf, hint, now, bytes) {
+                if let Some(v) = self.nat_reply(mac, pkt, pf, hint, now, bytes) {
                     return v;
                 }
             }
         } else if let Some(icmp) = pf.icmp
-            && let Some(v) = self.icmp(mac, pkt, &pf, icmp, services, now, bytes)
+            && let Some(v) = self.icmp(mac, pkt, pf, icmp, services, now, bytes)
         {
             return v;
         }
@@ -427,6 +442,9 @@ impl Pipeline {
         self.is_node_address(ip) || services.owns_address(ip)
     }
 
+    // Cold, like the ICMP and later-fragment paths below: kept out of line so that the
+    // per-packet path (`classify_parsed`) stays small.
+    #[cold]
     fn arp<B: PacketBuf, S: Services + ?Sized>(
         &self,
         mac: EthernetAddress,
@@ -529,6 +547,7 @@ impl Pipeline {
 
     /// A later fragment: its service and backend come from the 3-tuple entry its first
     /// fragment stored. `None` when there is none.
+    #[cold]
     fn later_fragment<B: PacketBuf, S: Services + ?Sized>(
         &mut self,
         mac: EthernetAddress,
@@ -540,7 +559,7 @@ impl Pipeline {
     ) -> Option<Verdict> {
         let key = FlowKey::three_tuple(pf.src, pf.dst, pf.proto);
         let e = *self.ct.lookup(&key, now)?;
-        let svc = services.service(&service_key(pf.dst, e.nat_port(), pf.proto))?;
+        let svc = services.service_of(pf.dst, e.nat_port(), pf.proto.0)?;
         if svc.mode == Mode::Nat {
             return Some(Verdict::Drop(DropReason::NatFragment));
         }
@@ -691,6 +710,7 @@ impl Pipeline {
     }
 
     /// Sets up a NAT flow: picks the backend and a free SNAT port, inserts the pair.
+    #[inline(never)]
     fn nat_new_flow<'s>(
         &mut self,
         client_mac: [u8; 6],
@@ -792,6 +812,7 @@ impl Pipeline {
     // --- ICMP ---
 
     /// ICMP errors about service flows, and neighbor solicitations. `None`: neither.
+    #[cold]
     #[allow(clippy::too_many_arguments)]
     fn icmp<B: PacketBuf, S: Services + ?Sized>(
         &mut self,
@@ -825,7 +846,7 @@ impl Pipeline {
         {
             return None;
         }
-        let svc = services.service(&service_key(inner.src, inner.src_port, inner.proto))?;
+        let svc = services.service_of(inner.src, inner.src_port, inner.proto.0)?;
         // The quoted packet went VIP → client: the flow is its reverse.
         let key = FlowKey::new(
             inner.dst,
@@ -932,13 +953,4 @@ fn flow_key_of(pf: &ParsedFrame) -> Option<FlowKey> {
         FragmentInfo::First => FlowKey::three_tuple(pf.src, pf.dst, pf.proto),
         FragmentInfo::NonFirst => return None,
     })
-}
-
-/// The service key of `ip:port/proto`.
-#[inline]
-fn service_key(ip: IpAddr, port: u16, proto: IpProtocol) -> ServiceKey {
-    match ip {
-        IpAddr::V4(a) => ServiceKey::from_v4(a.octets(), port, proto.0),
-        IpAddr::V6(a) => ServiceKey::from_v6(a.octets(), port, proto.0),
-    }
 }

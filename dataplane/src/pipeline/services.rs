@@ -4,12 +4,12 @@
 
 use std::net::IpAddr;
 
-use hashbrown::HashMap;
 use thiserror::Error;
 
 use crate::maglev::{self, EMPTY, MaglevBackend, MaglevError, MaglevTable, TableSize};
 use crate::tables::{
-    Backend, BackendEntry, BackendId, BackendState, Mode, ServiceId, ServiceKey, Worker,
+    Backend, BackendEntry, BackendId, BackendState, Mode, ServiceId, ServiceIndex, ServiceKey,
+    ServiceView, Worker,
 };
 
 /// How many consecutive Maglev entries a new flow probes, starting at `hash % M`, for a
@@ -96,6 +96,18 @@ pub trait Services {
     /// The service for a packet's `(VIP, port, protocol)`.
     fn service(&self, key: &ServiceKey) -> Option<Service<'_>>;
 
+    /// [`Services::service`] of the key `vip:port/proto` given as values. The packet path
+    /// calls this one: an implementation can hash the values where they are (registers)
+    /// instead of a key just stored to memory.
+    #[inline]
+    fn service_of(&self, vip: IpAddr, port: u16, proto: u8) -> Option<Service<'_>> {
+        let key = match vip {
+            IpAddr::V4(a) => ServiceKey::from_v4(a.octets(), port, proto),
+            IpAddr::V6(a) => ServiceKey::from_v6(a.octets(), port, proto),
+        };
+        self.service(&key)
+    }
+
     /// Whether `ip` is a VIP of some service: ARP requests and neighbor solicitations for it
     /// are answered, and packets to it that match no service are dropped (`no_service`)
     /// rather than handed to the kernel. Called only off the fast path (ARP/NDP, and packets
@@ -108,20 +120,30 @@ pub trait Services {
 impl Services for Worker {
     #[inline]
     fn service(&self, key: &ServiceKey) -> Option<Service<'_>> {
-        let v = Worker::service(self, key)?;
-        Some(Service {
-            index: v.index(),
-            id: v.id(),
-            mode: v.mode(),
-            table: v.table(),
-            backends: v.backends(),
-        })
+        Worker::service(self, key).map(view_service)
+    }
+
+    #[inline]
+    fn service_of(&self, vip: IpAddr, port: u16, proto: u8) -> Option<Service<'_>> {
+        self.service_by_parts(vip, port, proto).map(view_service)
     }
 
     /// A scan of the current generation's services: O(services). It runs only for ARP/NDP
     /// and for packets that matched no service.
     fn owns_address(&self, ip: IpAddr) -> bool {
         self.services().iter().any(|v| v.key().vip() == ip)
+    }
+}
+
+/// The pipeline's view of a shared-memory service.
+#[inline]
+fn view_service(v: &ServiceView) -> Service<'_> {
+    Service {
+        index: v.index(),
+        id: v.id(),
+        mode: v.mode(),
+        table: v.table(),
+        backends: v.backends(),
     }
 }
 
@@ -162,7 +184,7 @@ struct StaticService {
 #[derive(Debug, Clone)]
 pub struct StaticServices {
     services: Vec<Option<StaticService>>,
-    by_key: HashMap<ServiceKey, u32, ahash::RandomState>,
+    by_key: ServiceIndex,
 }
 
 impl Default for StaticServices {
@@ -175,11 +197,10 @@ impl StaticServices {
     /// No services.
     #[must_use]
     pub fn new() -> Self {
-        // Fixed seeds: the index holds test-chosen keys only, and runs stay reproducible.
-        let hasher = ahash::RandomState::with_seeds(1, 2, 3, 4);
+        // The shared-memory reader's index.
         Self {
             services: Vec::new(),
-            by_key: HashMap::with_hasher(hasher),
+            by_key: ServiceIndex::default(),
         }
     }
 
@@ -251,7 +272,7 @@ impl StaticServices {
             table: table.as_slice().into(),
             backends: entries,
         };
-        if let Some(&i) = self.by_key.get(&key)
+        if let Some(i) = self.by_key.get(&key)
             && let Some(slot) = usize::try_from(i)
                 .ok()
                 .and_then(|i| self.services.get_mut(i))
@@ -298,10 +319,9 @@ impl StaticServices {
     }
 }
 
-impl Services for StaticServices {
+impl StaticServices {
     #[inline]
-    fn service(&self, key: &ServiceKey) -> Option<Service<'_>> {
-        let i = *self.by_key.get(key)?;
+    fn at(&self, i: u32) -> Option<Service<'_>> {
         let s = self.services.get(usize::try_from(i).ok()?)?.as_ref()?;
         Some(Service {
             index: i,
@@ -310,6 +330,18 @@ impl Services for StaticServices {
             table: &s.table,
             backends: &s.backends,
         })
+    }
+}
+
+impl Services for StaticServices {
+    #[inline]
+    fn service(&self, key: &ServiceKey) -> Option<Service<'_>> {
+        self.at(self.by_key.get(key)?)
+    }
+
+    #[inline]
+    fn service_of(&self, vip: IpAddr, port: u16, proto: u8) -> Option<Service<'_>> {
+        self.at(self.by_key.get_parts(vip, port, proto)?)
     }
 
     fn owns_address(&self, ip: IpAddr) -> bool {

@@ -147,6 +147,7 @@ pub use layout::{
     Capacity, CapacityError, Generation, Mode, Proto, ServiceCounters, ServiceEntry, ServiceId,
     ServiceKey, WorkerBlock,
 };
+pub(crate) use reader::ServiceIndex;
 pub use reader::{ServiceView, Tables, Worker};
 pub use writer::{
     AckTimeout, PublishError, Published, Reclaimed, ServiceSpec, ServiceTotals, ServiceUpdate,

@@ -3,10 +3,11 @@
 //! its own [`ServiceView`]s. See the [module docs](super) for the protocol.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use hashbrown::HashMap;
+use hashbrown::HashTable;
 
 use super::bump;
 use super::layout::{
@@ -17,16 +18,163 @@ use super::layout::{
 use crate::io::shm::{Backing, Mapping, Shared, ShmError};
 use sluice_hugepages::Region;
 
-/// Fixed seeds for the per-worker service index: it holds control's keys only, so hash
-/// flooding is not a concern, and fixed seeds keep runs reproducible (STYLE rule 18).
-const INDEX_SEEDS: [u64; 4] = [
-    0x736c_7569_6365_2d31,
-    0x7461_626c_6573_2d32,
-    0x696e_6465_782d_3033,
-    0x6b65_7973_2d2d_3034,
-];
+/// A service key as the per-worker index stores it: the VIP's 16 bytes as two words (an
+/// IPv4 VIP as its 32 bits, the high word zero) and `port << 16 | proto << 8 | family`.
+/// Built from a packet's fields in registers, never read back from a freshly stored key
+/// (whose fields, stored one by one and loaded as words, would cost a store-forwarding stall
+/// per packet).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Packed {
+    lo: u64,
+    hi: u64,
+    meta: u32,
+}
 
-type Index = HashMap<ServiceKey, u32, ahash::RandomState>;
+impl Packed {
+    #[inline]
+    fn new(vip: IpAddr, port: u16, proto: u8) -> Self {
+        let (family, bits) = match vip {
+            IpAddr::V4(a) => (4u8, u128::from(a.to_bits())),
+            IpAddr::V6(a) => (6u8, a.to_bits()),
+        };
+        #[allow(clippy::cast_possible_truncation, reason = "the low word, on purpose")]
+        let lo = bits as u64;
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "bits >> 64 fits in 64 bits"
+        )]
+        let hi = (bits >> 64) as u64;
+        Self {
+            lo,
+            hi,
+            meta: u32::from(port) << 16 | u32::from(proto) << 8 | u32::from(family),
+        }
+    }
+
+    /// Two folded 64×64→128-bit multiplies with fixed odd constants (digits of π).
+    #[inline]
+    fn hash(&self) -> u64 {
+        const K: [u64; 3] = [
+            0x243f_6a88_85a3_08d3,
+            0x1319_8a2e_0370_7345,
+            0xa409_3822_299f_31d1,
+        ];
+        let h = folded_multiply(self.lo ^ K[0], self.hi ^ K[1]);
+        folded_multiply(h ^ u64::from(self.meta) ^ K[2], K[0])
+    }
+}
+
+/// The low half of the 128-bit product of `a` and `b`, xored with the high half.
+#[inline(always)]
+fn folded_multiply(a: u64, b: u64) -> u64 {
+    let p = u128::from(a) * u128::from(b);
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "folding the 128-bit product: the low half is wanted"
+    )]
+    let low = p as u64;
+    #[allow(clippy::cast_possible_truncation, reason = "p >> 64 fits in 64 bits")]
+    let high = (p >> 64) as u64;
+    low ^ high
+}
+
+/// The per-worker service index, `(VIP, port, protocol)` → position, used by [`Worker`] and
+/// [`StaticServices`](crate::pipeline::StaticServices): a hashbrown table of packed keys
+/// ([`Packed`]) under a two-multiply hash, looked up once per packet straight from the
+/// packet's fields ([`ServiceIndex::get_parts`]).
+///
+/// Why not a `HashMap<ServiceKey, u32, ahash::RandomState>` (what it replaced): ahash's
+/// portable fallback (no `-C target-cpu`, so no AES) plus a key stored field by field and
+/// hashed as words cost about 20 ns a packet on the dev machine (bench/RESULTS.md,
+/// "Pipeline"). Hash flooding is not a concern: the index holds control's keys only, so no
+/// packet can lengthen a probe beyond how control's own keys collide; the fixed constants
+/// keep runs reproducible (STYLE rule 18). Every [`ServiceKey`] has family 4 or 6 (its
+/// constructors and the directory's validation see to that), so `(vip, port, proto)` names
+/// it exactly.
+#[derive(Clone, Default)]
+pub(crate) struct ServiceIndex {
+    table: HashTable<(Packed, u32)>,
+}
+
+impl fmt::Debug for ServiceIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceIndex")
+            .field("len", &self.table.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceIndex {
+    #[inline]
+    fn packed(key: &ServiceKey) -> Packed {
+        Packed::new(key.vip(), key.port(), key.proto())
+    }
+
+    /// The position of `key`.
+    #[inline]
+    pub(crate) fn get(&self, key: &ServiceKey) -> Option<u32> {
+        let p = Self::packed(key);
+        self.find(&p)
+    }
+
+    /// The position of the key `vip:port/proto`, computed from those values (the packet
+    /// path).
+    #[inline]
+    pub(crate) fn get_parts(&self, vip: IpAddr, port: u16, proto: u8) -> Option<u32> {
+        self.find(&Packed::new(vip, port, proto))
+    }
+
+    #[inline]
+    fn find(&self, p: &Packed) -> Option<u32> {
+        self.table.find(p.hash(), |(k, _)| k == p).map(|&(_, i)| i)
+    }
+
+    /// Whether `key` is held.
+    pub(crate) fn contains_key(&self, key: &ServiceKey) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Sets `key`'s position; returns the one it replaced.
+    pub(crate) fn insert(&mut self, key: ServiceKey, pos: u32) -> Option<u32> {
+        let p = Self::packed(&key);
+        match self
+            .table
+            .entry(p.hash(), |(k, _)| *k == p, |(k, _)| k.hash())
+        {
+            hashbrown::hash_table::Entry::Occupied(mut o) => {
+                Some(std::mem::replace(&mut o.get_mut().1, pos))
+            }
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert((p, pos));
+                None
+            }
+        }
+    }
+
+    /// Removes `key`; returns its position.
+    pub(crate) fn remove(&mut self, key: &ServiceKey) -> Option<u32> {
+        let p = Self::packed(key);
+        let occ = self.table.find_entry(p.hash(), |(k, _)| *k == p).ok()?;
+        Some(occ.remove().0.1)
+    }
+
+    /// Keys held.
+    pub(crate) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether no key is held.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Removes every key (keeps the memory).
+    pub(crate) fn clear(&mut self) {
+        self.table.clear();
+    }
+}
+
+type Index = ServiceIndex;
 
 /// A mapped table region, validated; registers [`Worker`]s.
 #[derive(Debug, Clone)]
@@ -155,12 +303,7 @@ impl Tables {
             dir_slot: 0,
             views: Vec::new(),
             spare: Vec::new(),
-            by_key: Index::with_hasher(ahash::RandomState::with_seeds(
-                INDEX_SEEDS[0],
-                INDEX_SEEDS[1],
-                INDEX_SEEDS[2],
-                INDEX_SEEDS[3],
-            )),
+            by_key: Index::default(),
             scratch: Vec::new(),
         };
         worker.heartbeat();
@@ -407,7 +550,21 @@ impl Worker {
     #[inline]
     #[must_use]
     pub fn service(&self, key: &ServiceKey) -> Option<&ServiceView> {
-        let i = *self.by_key.get(key)?;
+        let i = self.by_key.get(key)?;
+        self.views.get(usize::try_from(i).ok()?)
+    }
+
+    /// [`Worker::service`] for the key `vip:port/proto` given as values (the packet path:
+    /// no key is built in memory).
+    #[inline]
+    #[must_use]
+    pub(crate) fn service_by_parts(
+        &self,
+        vip: IpAddr,
+        port: u16,
+        proto: u8,
+    ) -> Option<&ServiceView> {
+        let i = self.by_key.get_parts(vip, port, proto)?;
         self.views.get(usize::try_from(i).ok()?)
     }
 
