@@ -952,11 +952,7 @@ fn advertisements(
                 continue;
             };
             ad.communities.clone_from(&a.communities);
-            ad.large_communities = a
-                .large_communities
-                .iter()
-                .map(|c| (c[0], c[1], c[2]))
-                .collect();
+            ad.large_communities.clone_from(&a.large_communities);
             ad.local_pref = a.local_pref;
             out.push(ad);
         }

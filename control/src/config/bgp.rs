@@ -29,6 +29,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::bad;
+use crate::bgp::{parse_community, parse_large_community};
 
 /// `[bgp]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -154,7 +155,7 @@ pub struct AdvertisementDef {
     /// RFC 1997 communities.
     pub communities: Vec<u32>,
     /// RFC 8092 large communities.
-    pub large_communities: Vec<[u32; 3]>,
+    pub large_communities: Vec<(u32, u32, u32)>,
     /// LOCAL_PREF for iBGP peers.
     pub local_pref: Option<u32>,
     /// IPv4 prefix length.
@@ -196,7 +197,7 @@ fn duration(s: &str) -> Result<Duration, String> {
 }
 
 /// One community string: `(Some(standard), None)` or `(None, Some(large))`.
-fn community(s: &str) -> Result<(Option<u32>, Option<[u32; 3]>), String> {
+fn community(s: &str) -> Result<(Option<u32>, Option<(u32, u32, u32)>), String> {
     let well_known = match s {
         "no-export" => Some(0xFFFF_FF01),
         "no-advertise" => Some(0xFFFF_FF02),
@@ -208,22 +209,17 @@ fn community(s: &str) -> Result<(Option<u32>, Option<[u32; 3]>), String> {
         return Ok((Some(c), None));
     }
     if let Some(l) = s.strip_prefix("large:") {
-        let parts: Vec<&str> = l.split(':').collect();
-        let nums: Option<Vec<u32>> = parts.iter().map(|p| p.parse().ok()).collect();
-        return match nums.as_deref() {
-            Some(&[a, b, c]) => Ok((None, Some([a, b, c]))),
-            _ => Err(format!(
-                "{s:?} is not a large community \"large:A:B:C\" (each 0-4294967295)"
-            )),
-        };
+        return parse_large_community(l)
+            .map(|c| (None, Some(c)))
+            .map_err(|_| {
+                format!("{s:?} is not a large community \"large:A:B:C\" (each 0-4294967295)")
+            });
     }
-    let (a, b) = s.split_once(':').ok_or_else(|| {
-        format!("{s:?} is not a community \"A:B\", \"large:A:B:C\" or a well-known name")
-    })?;
-    match (a.parse::<u16>(), b.parse::<u16>()) {
-        (Ok(a), Ok(b)) => Ok((Some(u32::from(a) << 16 | u32::from(b)), None)),
-        _ => Err(format!("{s:?}: both halves of \"A:B\" must be 0-65535")),
-    }
+    parse_community(s).map(|c| (Some(c), None)).map_err(|_| {
+        format!(
+            "{s:?} is not a community \"A:B\" (each 0-65535), \"large:A:B:C\" or a well-known name"
+        )
+    })
 }
 
 /// Validates `[bgp]` for node `node` (its name and IPv4 address).
@@ -432,7 +428,7 @@ mod tests {
         }
         assert_eq!(community("65535:0"), Ok((Some(0xFFFF_0000), None)));
         assert_eq!(community("no-export"), Ok((Some(0xFFFF_FF01), None)));
-        assert_eq!(community("large:1:2:3"), Ok((None, Some([1, 2, 3]))));
+        assert_eq!(community("large:1:2:3"), Ok((None, Some((1, 2, 3)))));
         for bad in ["65536:1", "1", "large:1:2", "a:b", "large:1:2:x"] {
             assert!(community(bad).is_err(), "{bad}");
         }
@@ -487,7 +483,7 @@ mod tests {
         );
         let a = &c.advertisements[0];
         assert_eq!(a.communities, vec![0xFFFF_0000]);
-        assert_eq!(a.large_communities, vec![[64512, 1, 2]]);
+        assert_eq!(a.large_communities, vec![(64512, 1, 2)]);
         assert_eq!((a.aggregation_length, a.aggregation_length_v6), (32, 128));
         assert_eq!(c.graceful_shutdown_wait, Duration::from_secs(5));
 
