@@ -196,8 +196,17 @@ fn duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
-/// One community string: `(Some(standard), None)` or `(None, Some(large))`.
-fn community(s: &str) -> Result<(Option<u32>, Option<(u32, u32, u32)>), String> {
+/// One parsed community string.
+#[derive(Debug, PartialEq, Eq)]
+enum Community {
+    /// RFC 1997.
+    Standard(u32),
+    /// RFC 8092.
+    Large((u32, u32, u32)),
+}
+
+/// One community string.
+fn community(s: &str) -> Result<Community, String> {
     let well_known = match s {
         "no-export" => Some(0xFFFF_FF01),
         "no-advertise" => Some(0xFFFF_FF02),
@@ -206,16 +215,14 @@ fn community(s: &str) -> Result<(Option<u32>, Option<(u32, u32, u32)>), String> 
         _ => None,
     };
     if let Some(c) = well_known {
-        return Ok((Some(c), None));
+        return Ok(Community::Standard(c));
     }
     if let Some(l) = s.strip_prefix("large:") {
-        return parse_large_community(l)
-            .map(|c| (None, Some(c)))
-            .map_err(|_| {
-                format!("{s:?} is not a large community \"large:A:B:C\" (each 0-4294967295)")
-            });
+        return parse_large_community(l).map(Community::Large).map_err(|_| {
+            format!("{s:?} is not a large community \"large:A:B:C\" (each 0-4294967295)")
+        });
     }
-    parse_community(s).map(|c| (Some(c), None)).map_err(|_| {
+    parse_community(s).map(Community::Standard).map_err(|_| {
         format!(
             "{s:?} is not a community \"A:B\" (each 0-65535), \"large:A:B:C\" or a well-known name"
         )
@@ -380,9 +387,8 @@ pub(super) fn validate(
         let mut large_communities = Vec::new();
         for (j, c) in a.communities.iter().enumerate() {
             match community(c).map_err(|r| bad(format!("{f}.communities[{j}]"), r))? {
-                (Some(std), _) => communities.push(std),
-                (_, Some(large)) => large_communities.push(large),
-                (None, None) => {}
+                Community::Standard(c) => communities.push(c),
+                Community::Large(c) => large_communities.push(c),
             }
         }
         let aggregation_length = a.aggregation_length.unwrap_or(32);
@@ -426,9 +432,9 @@ mod tests {
         for bad in ["", "90", "s", "9x", "-1s", "1.5s"] {
             assert!(duration(bad).is_err(), "{bad}");
         }
-        assert_eq!(community("65535:0"), Ok((Some(0xFFFF_0000), None)));
-        assert_eq!(community("no-export"), Ok((Some(0xFFFF_FF01), None)));
-        assert_eq!(community("large:1:2:3"), Ok((None, Some((1, 2, 3)))));
+        assert_eq!(community("65535:0"), Ok(Community::Standard(0xFFFF_0000)));
+        assert_eq!(community("no-export"), Ok(Community::Standard(0xFFFF_FF01)));
+        assert_eq!(community("large:1:2:3"), Ok(Community::Large((1, 2, 3))));
         for bad in ["65536:1", "1", "large:1:2", "a:b", "large:1:2:x"] {
             assert!(community(bad).is_err(), "{bad}");
         }
