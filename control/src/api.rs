@@ -261,6 +261,29 @@ impl Api {
         rx.await.map_err(|_| gone())
     }
 
+    /// Sends one command to the table task and waits for its answer (the generation).
+    async fn command(
+        &self,
+        service: String,
+        backend: String,
+        change: Change,
+    ) -> Result<u64, Status> {
+        let gone = || Status::unavailable("the table task has stopped");
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command {
+                service,
+                backend,
+                change,
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        rx.await
+            .map_err(|_| gone())?
+            .map_err(|e| command_status(&e))
+    }
+
     async fn change(
         &self,
         service: String,
@@ -270,20 +293,8 @@ impl Api {
         if service.is_empty() || backend.is_empty() {
             return Err(Status::invalid_argument("service and backend are required"));
         }
-        let gone = || Status::unavailable("the table task has stopped");
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command {
-                service: service.clone(),
-                backend: backend.clone(),
-                change,
-                reply,
-            })
-            .await
-            .map_err(|_| gone())?;
-        rx.await
-            .map_err(|_| gone())?
-            .map_err(|e| command_status(&e))?;
+        self.command(service.clone(), backend.clone(), change)
+            .await?;
         let snap = self.snapshot().await?;
         snap.services
             .iter()
@@ -382,20 +393,8 @@ impl Control for Api {
         r: Request<pb::DrainNodeRequest>,
     ) -> Result<Response<pb::DrainNodeResponse>, Status> {
         let drain = !r.into_inner().undrain;
-        let gone = || Status::unavailable("the table task has stopped");
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command {
-                service: String::new(),
-                backend: String::new(),
-                change: Change::DrainNode(drain),
-                reply,
-            })
-            .await
-            .map_err(|_| gone())?;
-        rx.await
-            .map_err(|_| gone())?
-            .map_err(|e| command_status(&e))?;
+        self.command(String::new(), String::new(), Change::DrainNode(drain))
+            .await?;
         Ok(Response::new(pb::DrainNodeResponse {
             drained: drain,
             message: if drain {
