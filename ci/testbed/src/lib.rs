@@ -576,27 +576,8 @@ impl Proc {
 /// ordinary pages, `net_af_packet` on `lb0`, one worker (core 1 when there are two), the node
 /// addresses, and an optional exception device.
 pub fn dataplane_test_config(region: &str, exception: Option<&str>) -> String {
-    let core = usize::from(std::thread::available_parallelism().map_or(1, |n| n.get()) > 1);
-    let mut cfg = format!(
-        r#"tables = "{region}"
-tables_wait_s = 10
-[eal]
-memory = "no-huge"
-memory_mb = 256
-mbufs = 8191
-[[ports]]
-device = "net_af_packet0,iface=lb0"
-[workers]
-cores = [{core}]
-[node]
-ipv4 = "{}"
-ipv6 = "{}"
-[conntrack]
-capacity_per_worker = 65536
-"#,
-        addr::LB4,
-        addr::LB6
-    );
+    let mut cfg = dataplane_config_for(region, "lb0", addr::LB4);
+    cfg += &format!("ipv6 = \"{}\"\n", addr::LB6);
     if let Some(dev) = exception {
         cfg += &format!("[exception]\ndevice = \"{dev}\"\n");
     }
@@ -938,8 +919,9 @@ fn start_servers_on(backends: &[Netns], server_bin: &Path, port: u16) -> io::Res
     Ok(procs)
 }
 
-/// A `sluice-dataplane` config like [`dataplane_test_config`] for any DPDK port `iface`
-/// (opened with `net_af_packet`) and node address `ipv4`, without IPv6 or an exception port.
+/// A `sluice-dataplane` config for DPDK port `iface` (opened with `net_af_packet`) and node
+/// address `ipv4`: table region `region`, ordinary pages, one worker (core 1 when there are
+/// two). Its last table is `[node]`, so a caller may append `ipv6 = ...` to it.
 pub fn dataplane_config_for(region: &str, iface: &str, ipv4: &str) -> String {
     let core = usize::from(std::thread::available_parallelism().map_or(1, |n| n.get()) > 1);
     format!(
@@ -953,10 +935,10 @@ mbufs = 8191
 device = "net_af_packet0,iface={iface}"
 [workers]
 cores = [{core}]
-[node]
-ipv4 = "{ipv4}"
 [conntrack]
 capacity_per_worker = 65536
+[node]
+ipv4 = "{ipv4}"
 "#
     )
 }
