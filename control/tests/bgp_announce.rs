@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Cleanup;
+use common::{Cleanup, ctl};
 use sluice_dataplane::tables::Writer;
 use sluice_testbed::{
     BackendMode, Netns, OneArm, Proc, addr, bin_path, control_test_config, dataplane_test_config,
@@ -66,23 +66,6 @@ fn wait_route(
         assert!(start.elapsed() < limit, "BIRD never {what}:\n{out}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// Runs `sluicectl --socket SOCKET -o json ARGS`; panics on failure.
-fn ctl(socket: &Path, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_sluicectl"))
-        .arg("--socket")
-        .arg(socket)
-        .args(["-o", "json"])
-        .args(args)
-        .output()
-        .expect("sluicectl");
-    assert!(
-        out.status.success(),
-        "sluicectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON")
 }
 
 fn has_route(out: &str) -> bool {
@@ -127,15 +110,8 @@ fn vip_is_announced_only_while_the_dataplane_and_a_backend_are_up() {
     let socket = dir.join("control.sock");
     let _cleanup = Cleanup {
         region: region.clone(),
-        files: vec![],
+        files: vec![dir.clone()],
     };
-    struct Dir(PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _dir = Dir(dir.clone());
     let dataplane = bin_path("sluice-dataplane").unwrap_or_else(|e| {
         panic!("{e}\nbuild it with: cargo build -p sluice-dataplane --bin sluice-dataplane")
     });

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Cleanup;
+use common::{Cleanup, ctl};
 use serde_json::Value;
 use sluice_dataplane::tables::Writer;
 use sluice_testbed::{
@@ -38,29 +38,6 @@ use sluice_testbed::{
 const PORT: u16 = 8080;
 /// Long-lived connections held open across the drain.
 const LONG: usize = 24;
-
-/// Runs `sluicectl --socket SOCKET -o json ARGS` and parses its output; panics on failure.
-fn ctl(socket: &Path, args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_sluicectl"))
-        .arg("--socket")
-        .arg(socket)
-        .args(["-o", "json"])
-        .args(args)
-        .output()
-        .expect("run sluicectl");
-    assert!(
-        out.status.success(),
-        "sluicectl {args:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "sluicectl {args:?}: not JSON ({e}):\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
 
 /// The backends of `web` by name, as `sluicectl backends web -o json` shows them.
 fn backends(socket: &Path) -> BTreeMap<String, Value> {
