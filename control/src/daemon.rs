@@ -242,7 +242,8 @@ impl Daemon {
         let speaker = if desired.bgp.peers.is_empty() {
             None
         } else {
-            Some(Speaker::start(peer_configs(&desired)).map_err(DaemonError::Bgp)?)
+            let peers = desired.bgp.peers.iter().map(|p| p.config.clone()).collect();
+            Some(Speaker::start(peers).map_err(DaemonError::Bgp)?)
         };
         let mut d = Self {
             config,
@@ -274,7 +275,7 @@ impl Daemon {
                     .bgp
                     .peers
                     .iter()
-                    .map(|p| (p.peer_address, p.name.clone()))
+                    .map(|p| (p.config.peer_address, p.name.clone()))
                     .collect(),
             ));
         }
@@ -660,7 +661,7 @@ impl Daemon {
                             .bgp
                             .peers
                             .iter()
-                            .find(|d| d.peer_address == p.peer_address)
+                            .find(|d| d.config.peer_address == p.peer_address)
                             .map_or_else(|| p.peer_address.to_string(), |d| d.name.clone());
                         (name, p)
                     })
@@ -891,25 +892,6 @@ async fn forward_bgp_events(
         };
         events.emit(EventKind::PeerChanged, "", "", message, 0);
     }
-}
-
-/// The speaker's peers for `desired`'s validated `[bgp]`.
-fn peer_configs(desired: &Desired) -> Vec<bgp::PeerConfig> {
-    desired
-        .bgp
-        .peers
-        .iter()
-        .map(|p| {
-            let mut c = bgp::PeerConfig::new(p.my_asn, p.peer_asn, p.peer_address, p.router_id);
-            c.source_address = p.source_address;
-            c.peer_port = p.peer_port;
-            c.hold_time = p.hold_time;
-            c.keepalive = (p.hold_time > Duration::ZERO).then_some(p.keepalive_time);
-            c.passive = p.passive;
-            c.password.clone_from(&p.password);
-            c
-        })
-        .collect()
 }
 
 /// What to announce for `running` (the effective, published services): each VIP with at

@@ -29,7 +29,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::bad;
-use crate::bgp::{parse_community, parse_large_community};
+use crate::bgp::{PeerConfig, parse_community, parse_large_community};
 
 /// `[bgp]`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -120,31 +120,13 @@ pub struct BgpConfig {
     pub graceful_shutdown_wait: Duration,
 }
 
-/// A validated peer.
+/// A validated peer: its name and the speaker's settings for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerDef {
     /// Its name.
     pub name: String,
-    /// Local AS.
-    pub my_asn: u32,
-    /// Peer AS.
-    pub peer_asn: u32,
-    /// Peer address.
-    pub peer_address: IpAddr,
-    /// Peer port.
-    pub peer_port: u16,
-    /// Local address, if fixed.
-    pub source_address: Option<IpAddr>,
-    /// Hold time (0 or ≥ 3 s).
-    pub hold_time: Duration,
-    /// Keepalive interval.
-    pub keepalive_time: Duration,
-    /// BGP identifier.
-    pub router_id: Ipv4Addr,
-    /// MD5 password.
-    pub password: Option<String>,
-    /// Passive.
-    pub passive: bool,
+    /// What the speaker runs (keepalive is `None` with a hold time of 0).
+    pub config: PeerConfig,
 }
 
 /// A validated advertisement.
@@ -343,18 +325,16 @@ pub(super) fn validate(
                 continue;
             }
         }
+        let mut config = PeerConfig::new(p.my_asn, p.peer_asn, peer_address, router_id);
+        config.source_address = source_address;
+        config.peer_port = peer_port;
+        config.hold_time = hold_time;
+        config.keepalive = (hold_time > Duration::ZERO).then_some(keepalive_time);
+        config.passive = p.passive;
+        config.password.clone_from(&p.password);
         peers.push(PeerDef {
             name: p.name.clone(),
-            my_asn: p.my_asn,
-            peer_asn: p.peer_asn,
-            peer_address,
-            peer_port,
-            source_address,
-            hold_time,
-            keepalive_time,
-            router_id,
-            password: p.password.clone(),
-            passive: p.passive,
+            config,
         });
     }
     let mut advertisements = Vec::new();
@@ -477,13 +457,13 @@ mod tests {
         };
         let c = validate(&b, "lb1", v4, &pools).expect("valid");
         assert_eq!(c.peers.len(), 1, "r2 is for lb2 only");
-        let p = &c.peers[0];
+        let p = &c.peers[0].config;
         assert_eq!(
-            (p.peer_port, p.hold_time, p.keepalive_time, p.router_id),
+            (p.peer_port, p.hold_time, p.keepalive, p.router_id),
             (
                 179,
                 Duration::from_secs(90),
-                Duration::from_secs(30),
+                Some(Duration::from_secs(30)),
                 Ipv4Addr::new(10, 90, 0, 3)
             )
         );
