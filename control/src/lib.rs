@@ -14,6 +14,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod health;
+pub mod k8s;
 pub mod metrics;
 pub mod publisher;
 pub mod state;

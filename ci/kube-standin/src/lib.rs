@@ -1,0 +1,1 @@
+//! A Kubernetes API stand-in for tests (see the crate description).
