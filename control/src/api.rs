@@ -602,6 +602,7 @@ fn event_pb(e: &Event) -> pb::Event {
         EventKind::PeerChanged => pb::EventKind::PeerChanged,
         EventKind::NodeDrained => pb::EventKind::NodeDrained,
         EventKind::NodeUndrained => pb::EventKind::NodeUndrained,
+        EventKind::Kubernetes => pb::EventKind::Kubernetes,
     };
     let mut out = pb::Event {
         seq: e.seq,

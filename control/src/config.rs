@@ -60,6 +60,9 @@ use sluice_dataplane::tables::layout::Geometry;
 use sluice_dataplane::tables::{BackendState, Capacity, Mode, Proto, ServiceKey};
 
 mod bgp;
+mod kubernetes;
+
+pub use kubernetes::{BackendSource, KubeConfig, KubernetesSection, NextHopSection};
 
 /// Why a config was refused. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +137,9 @@ pub struct Config {
     /// BGP peers and advertisements. Default: none.
     #[serde(default)]
     pub bgp: BgpSection,
+    /// Services from a Kubernetes cluster. Default: none (only the file's services).
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesSection>,
 }
 
 /// `[api]`: where the gRPC API (`sluicectl`) is served. Read at start-up only.
@@ -440,6 +446,8 @@ pub struct Desired {
     pub node_ipv6: Option<Ipv6Addr>,
     /// BGP peers and advertisements for this node.
     pub bgp: BgpConfig,
+    /// Where Kubernetes services come from, if anywhere.
+    pub kubernetes: Option<KubeConfig>,
 }
 
 /// A validated service.
@@ -675,6 +683,11 @@ impl Config {
         let api = validate_api(&self.api)?;
         let pool_names = pools.keys().cloned().collect();
         let bgp = bgp::validate(&self.bgp, &node.name, node_ipv4, &pool_names)?;
+        let kubernetes = self
+            .kubernetes
+            .as_ref()
+            .map(kubernetes::validate)
+            .transpose()?;
 
         let mut services = BTreeMap::new();
         let mut keys: BTreeMap<ServiceKey, usize> = BTreeMap::new();
@@ -731,6 +744,7 @@ impl Config {
             node_ipv4,
             node_ipv6,
             bgp,
+            kubernetes,
         })
     }
 }
@@ -853,18 +867,7 @@ fn validate_service(
             ));
         }
     };
-    let mode = match s.mode.as_str() {
-        "nat" => Mode::Nat,
-        "dsr" => Mode::Dsr,
-        "ipip" => Mode::EncapIpip,
-        "gue" => Mode::EncapGue,
-        other => {
-            return Err(bad(
-                format!("{f}.mode"),
-                format!("{other:?}: expected \"nat\", \"dsr\", \"ipip\" or \"gue\""),
-            ));
-        }
-    };
+    let mode = parse_mode(&s.mode).map_err(|r| bad(format!("{f}.mode"), r))?;
     let table_size = TableSize::try_new(s.table_size).map_err(|_| {
         bad(
             format!("{f}.table_size"),
@@ -1117,6 +1120,19 @@ fn parse_status_range(s: &str) -> Result<RangeInclusive<u16>, String> {
         return Err(format!("{s:?}: the first code is above the last"));
     }
     Ok(lo..=hi)
+}
+
+/// A forwarding mode's name: `nat`, `dsr`, `ipip` or `gue`.
+pub(crate) fn parse_mode(s: &str) -> Result<Mode, String> {
+    match s {
+        "nat" => Ok(Mode::Nat),
+        "dsr" => Ok(Mode::Dsr),
+        "ipip" => Ok(Mode::EncapIpip),
+        "gue" => Ok(Mode::EncapGue),
+        other => Err(format!(
+            "{other:?}: expected \"nat\", \"dsr\", \"ipip\" or \"gue\""
+        )),
+    }
 }
 
 /// `aa:bb:cc:dd:ee:ff` (hex, either case), unicast and not all zero.

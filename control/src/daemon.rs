@@ -40,6 +40,7 @@ use tokio::time::Instant;
 use crate::bgp::{self, Speaker};
 use crate::config::{Config, ConfigError, Desired};
 use crate::health::{self, Checker, Health, Transition};
+use crate::k8s::{self, Cluster};
 use crate::metrics::SnapshotRequest;
 use crate::publisher::{Diff, Publisher, PublisherError};
 use crate::state::{
@@ -166,6 +167,8 @@ pub struct Inputs {
     pub commands: mpsc::Receiver<Command>,
     /// Turns true at shutdown.
     pub shutdown: watch::Receiver<bool>,
+    /// What the Kubernetes reconciler wants published, when it runs.
+    pub cluster: Option<watch::Receiver<Arc<Cluster>>>,
 }
 
 /// The table task's state.
@@ -176,6 +179,11 @@ pub struct Daemon {
     publisher: Publisher,
     /// The running config file's content, validated.
     file: Desired,
+    /// What the Kubernetes reconciler last sent.
+    cluster: Arc<Cluster>,
+    /// `file` with `cluster` merged in ([`k8s::merge`]): what is published, before overrides
+    /// and health.
+    merged: Desired,
     /// The content last read from the file (applied or rejected), to reload once per change.
     file_seen: Option<Vec<u8>>,
     overrides: Overrides,
@@ -249,6 +257,8 @@ impl Daemon {
             config,
             writer,
             publisher,
+            merged: desired.clone(),
+            cluster: Arc::new(Cluster::default()),
             file: desired,
             file_seen,
             overrides: Overrides::default(),
@@ -350,7 +360,7 @@ impl Daemon {
     /// Publishes the effective state of the running file, overrides and health.
     async fn publish(&mut self) -> Result<Applied, DaemonError> {
         let health = &self.health;
-        let want = effective(&self.file, &self.overrides, |s, b| {
+        let want = effective(&self.merged, &self.overrides, |s, b| {
             health
                 .get(&(s.to_owned(), b.to_owned()))
                 .map_or(Health::Unknown, |h| h.0)
@@ -391,8 +401,10 @@ impl Daemon {
             tracing::warn!("tables capacity changes take effect only when the region is recreated");
         }
         let previous = std::mem::replace(&mut self.file, desired);
+        let merged = self.merge();
+        let previous_merged = std::mem::replace(&mut self.merged, merged);
         let mut overrides = self.overrides.clone();
-        overrides.retain(&self.file);
+        overrides.retain(&self.merged);
         let kept = std::mem::replace(&mut self.overrides, overrides);
         match self.publish().await {
             Ok(applied) => {
@@ -407,10 +419,65 @@ impl Daemon {
             }
             Err(e) => {
                 self.file = previous;
+                self.merged = previous_merged;
                 self.overrides = kept;
                 Err(ReloadError::Apply(e))
             }
         }
+    }
+
+    /// `file` with `cluster` merged in; conflicts are logged.
+    fn merge(&self) -> Desired {
+        let (merged, conflicts) = k8s::merge(&self.file, &self.cluster);
+        for c in conflicts {
+            tracing::warn!("kubernetes: {c}; the config file's wins");
+        }
+        merged
+    }
+
+    /// Publishes what the Kubernetes reconciler now wants, with the file's services. A
+    /// publication that fails keeps the previous cluster state published.
+    ///
+    /// # Errors
+    ///
+    /// [`DaemonError`] from the publication.
+    pub async fn set_cluster(&mut self, cluster: Arc<Cluster>) -> Result<Applied, DaemonError> {
+        let previous = std::mem::replace(&mut self.cluster, cluster);
+        let merged = self.merge();
+        let previous_merged = std::mem::replace(&mut self.merged, merged);
+        let mut overrides = self.overrides.clone();
+        overrides.retain(&self.merged);
+        let kept = std::mem::replace(&mut self.overrides, overrides);
+        match self.publish().await {
+            Ok(applied) => Ok(applied),
+            Err(e) => {
+                self.cluster = previous;
+                self.merged = previous_merged;
+                self.overrides = kept;
+                Err(e)
+            }
+        }
+    }
+
+    async fn log_cluster(&mut self, cluster: Arc<Cluster>) {
+        let (kind, message, generation) = match self.set_cluster(cluster).await {
+            Ok(a) if a.diff.is_empty() => return,
+            Ok(a) => (
+                EventKind::Kubernetes,
+                format!(
+                    "kubernetes: added {:?}, changed {:?}, removed {:?}, {} unchanged",
+                    a.diff.added, a.diff.changed, a.diff.removed, a.diff.unchanged
+                ),
+                a.generation.get(),
+            ),
+            Err(e) => (
+                EventKind::PublishFailed,
+                format!("kubernetes: publishing failed, previous state kept: {e}"),
+                0,
+            ),
+        };
+        tracing::info!("{message}");
+        self.events.emit(kind, "", "", message, generation);
     }
 
     /// Applies an operator command and publishes it (see [`Command`]).
@@ -428,7 +495,7 @@ impl Daemon {
             return self.drain_node(drain);
         }
         let def = self
-            .file
+            .merged
             .services
             .get(service)
             .ok_or_else(|| CommandError::NoService(service.to_owned()))?;
@@ -582,7 +649,7 @@ impl Daemon {
                         (n, b)
                     })
                     .collect();
-                let file_def = self.file.services.get(name);
+                let file_def = self.merged.services.get(name);
                 let checked = file_def.is_some_and(|d| d.health.is_some());
                 let mut backends: Vec<BackendSample> = def
                     .backends
@@ -713,7 +780,7 @@ impl Daemon {
             .iter()
             .any(|w| w.state == WorkerState::Live && w.heartbeat_age < BGP_HEARTBEAT_FRESH);
         let mut want = if fresh {
-            advertisements(&self.file, self.publisher.running())
+            advertisements(&self.merged, self.publisher.running())
         } else {
             Vec::new()
         };
@@ -776,6 +843,7 @@ impl Daemon {
         let mut interval = tokio::time::interval(period);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut file_timer = tokio::time::interval(watch.unwrap_or(Duration::from_secs(3600)));
+        let mut cluster = inputs.cluster.take();
         file_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
@@ -796,6 +864,16 @@ impl Daemon {
                 Some(t) = self.transitions.recv() => self.health_changed(t).await,
                 _ = interval.tick() => self.tick(),
                 _ = file_timer.tick(), if watch.is_some() => self.watch_file().await,
+                changed = async { cluster.as_mut().expect("guarded").changed().await }, if cluster.is_some() => {
+                    match changed {
+                        Ok(()) => {
+                            let c = Arc::clone(&cluster.as_mut().expect("guarded").borrow_and_update());
+                            self.log_cluster(c).await;
+                        }
+                        // The reconciler stopped: keep what is published.
+                        Err(_) => cluster = None,
+                    }
+                }
             }
         }
         if let Some(speaker) = &self.speaker {

@@ -138,6 +138,9 @@ pub enum EventKind {
     NodeDrained,
     /// The node was undrained.
     NodeUndrained,
+    /// Kubernetes: a cluster change was published, the allocator role changed, or a Service
+    /// could not be published as asked.
+    Kubernetes,
 }
 
 /// One entry of the event log.

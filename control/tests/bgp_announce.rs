@@ -19,15 +19,14 @@
 //! from there) and peer over loopback (127.0.0.2 → 127.0.0.1, eBGP multihop). Namespaces,
 //! processes (killed by PID), the region and temp files are removed whatever happens. Needs
 //! root, `bird`/`birdc` (ci/setup.sh installs bird2) and the testbed binaries.
-#![allow(clippy::disallowed_types)] // std::time::Instant: a test's own deadlines.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Cleanup, ctl};
+use common::{Cleanup, birdc, ctl};
 use sluice_dataplane::tables::Writer;
 use sluice_testbed::{
     BackendMode, Netns, OneArm, Proc, addr, bin_path, control_test_config, dataplane_test_config,
@@ -37,19 +36,7 @@ use sluice_testbed::{
 const PORT: u16 = 8080;
 const PREFIX: &str = "10.90.0.100/32";
 
-fn birdc(ns: &Netns, sock: &Path, args: &[&str]) -> String {
-    let out = ns
-        .command("birdc")
-        .arg("-s")
-        .arg(sock)
-        .args(args)
-        .output()
-        .expect("birdc");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Polls BIRD's route for the VIP until `check` holds (up to `limit`); returns the output and
-/// how long it took.
+/// Polls BIRD's route for the VIP until `check` holds (up to `limit`).
 fn wait_route(
     ns: &Netns,
     sock: &Path,
@@ -57,15 +44,7 @@ fn wait_route(
     limit: Duration,
     check: impl Fn(&str) -> bool,
 ) -> (String, Duration) {
-    let start = Instant::now();
-    loop {
-        let out = birdc(ns, sock, &["show", "route", "all", PREFIX]);
-        if check(&out) {
-            return (out, start.elapsed());
-        }
-        assert!(start.elapsed() < limit, "BIRD never {what}:\n{out}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_route(ns, sock, PREFIX, what, limit, check)
 }
 
 fn has_route(out: &str) -> bool {

@@ -17,7 +17,7 @@ use clap::Parser;
 use sluice_control::config::Config;
 use sluice_control::daemon::{Clock, Daemon, Inputs};
 use sluice_control::state::Events;
-use sluice_control::{api, metrics};
+use sluice_control::{api, k8s, metrics};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
@@ -95,6 +95,13 @@ async fn run(opt: Opt, desired: sluice_control::config::Desired) -> anyhow::Resu
     };
     let publish_seconds = metrics::publish_histogram();
     let events = Arc::new(Events::new());
+    // Kubernetes: the client is made before anything is published, so a bad kubeconfig
+    // stops the daemon at start instead of leaving it half-configured.
+    let kube = match &desired.kubernetes {
+        Some(k) => Some((k.clone(), k8s::reconcile::client(k).await?)),
+        None => None,
+    };
+    let node = desired.node.clone();
     let (daemon, applied) = Daemon::start(
         opt.config.clone(),
         desired,
@@ -115,12 +122,28 @@ async fn run(opt: Opt, desired: sluice_control::config::Desired) -> anyhow::Resu
     let (reload_tx, reloads) = mpsc::channel(4);
     let (snapshot_tx, snapshots) = mpsc::channel(16);
     let (command_tx, commands) = mpsc::channel(16);
+    let (cluster, mut kube_task) = match kube {
+        Some((cfg, client)) => {
+            let (tx, rx) = watch::channel(Arc::new(k8s::Cluster::default()));
+            let task = tokio::spawn(k8s::reconcile::run(
+                client,
+                cfg,
+                node,
+                tx,
+                Arc::clone(&events),
+                shutdown_rx.clone(),
+            ));
+            (Some(rx), Some(task))
+        }
+        None => (None, None),
+    };
     let mut task = tokio::spawn(daemon.run(
         Inputs {
             reloads,
             snapshots,
             commands,
             shutdown: shutdown_rx.clone(),
+            cluster,
         },
         Duration::from_millis(opt.tick_ms.max(1)),
         (opt.watch_ms > 0).then(|| Duration::from_millis(opt.watch_ms)),
@@ -163,6 +186,11 @@ async fn run(opt: Opt, desired: sluice_control::config::Desired) -> anyhow::Resu
         }
         if !api_task.is_finished() {
             let _ = (&mut api_task).await;
+        }
+        if let Some(t) = &mut kube_task
+            && !t.is_finished()
+        {
+            let _ = t.await;
         }
     })
     .await;

@@ -147,7 +147,7 @@ pub struct AdvertisementDef {
 }
 
 /// Parses `"90s"`, `"1m30s"`, `"500ms"`, `"0s"`.
-fn duration(s: &str) -> Result<Duration, String> {
+pub(super) fn duration(s: &str) -> Result<Duration, String> {
     let err = || format!("{s:?} is not a duration like \"90s\", \"1m30s\" or \"500ms\"");
     let mut rest = s.trim();
     if rest.is_empty() {

@@ -51,3 +51,38 @@ pub fn ctl(socket: &Path, args: &[&str]) -> serde_json::Value {
         )
     })
 }
+
+/// `birdc -s SOCK ARGS` in `ns`; its stdout.
+#[allow(dead_code)]
+pub fn birdc(ns: &sluice_testbed::Netns, sock: &Path, args: &[&str]) -> String {
+    let out = ns
+        .command("birdc")
+        .arg("-s")
+        .arg(sock)
+        .args(args)
+        .output()
+        .expect("birdc");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls BIRD's routes for `prefix` until `check` holds (up to `limit`); returns the output
+/// and how long it took.
+#[allow(dead_code, clippy::disallowed_types)] // std::time::Instant: a test's own deadline.
+pub fn wait_route(
+    ns: &sluice_testbed::Netns,
+    sock: &Path,
+    prefix: &str,
+    what: &str,
+    limit: std::time::Duration,
+    check: impl Fn(&str) -> bool,
+) -> (String, std::time::Duration) {
+    let start = std::time::Instant::now();
+    loop {
+        let out = birdc(ns, sock, &["show", "route", "all", prefix]);
+        if check(&out) {
+            return (out, start.elapsed());
+        }
+        assert!(start.elapsed() < limit, "BIRD never {what}:\n{out}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

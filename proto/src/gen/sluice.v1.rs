@@ -431,6 +431,9 @@ pub enum EventKind {
     /// The node was drained from, or undrained back into, the routers.
     NodeDrained = 11,
     NodeUndrained = 12,
+    /// Kubernetes: a change from the cluster was published, this daemon became or stopped being
+    /// the allocator, or a Service could not be published as asked.
+    Kubernetes = 13,
 }
 impl EventKind {
     /// String value of the enum field names used in the ProtoBuf definition.
@@ -452,6 +455,7 @@ impl EventKind {
             Self::PeerChanged => "EVENT_KIND_PEER_CHANGED",
             Self::NodeDrained => "EVENT_KIND_NODE_DRAINED",
             Self::NodeUndrained => "EVENT_KIND_NODE_UNDRAINED",
+            Self::Kubernetes => "EVENT_KIND_KUBERNETES",
         }
     }
     /// Creates an enum from field names used in the ProtoBuf definition.
@@ -470,6 +474,7 @@ impl EventKind {
             "EVENT_KIND_PEER_CHANGED" => Some(Self::PeerChanged),
             "EVENT_KIND_NODE_DRAINED" => Some(Self::NodeDrained),
             "EVENT_KIND_NODE_UNDRAINED" => Some(Self::NodeUndrained),
+            "EVENT_KIND_KUBERNETES" => Some(Self::Kubernetes),
             _ => None,
         }
     }
