@@ -397,6 +397,9 @@ impl Daemon {
         if desired.api != self.file.api {
             tracing::warn!("[api] changes take effect only after a restart");
         }
+        if desired.kubernetes != self.file.kubernetes {
+            tracing::warn!("[kubernetes] changes take effect only after a restart");
+        }
         if desired.capacity != self.file.capacity {
             tracing::warn!("tables capacity changes take effect only when the region is recreated");
         }

@@ -102,6 +102,7 @@ async fn run(opt: Opt, desired: sluice_control::config::Desired) -> anyhow::Resu
         None => None,
     };
     let node = desired.node.clone();
+    let node_ipv4 = desired.node_ipv4;
     let (daemon, applied) = Daemon::start(
         opt.config.clone(),
         desired,
@@ -129,6 +130,7 @@ async fn run(opt: Opt, desired: sluice_control::config::Desired) -> anyhow::Resu
                 client,
                 cfg,
                 node,
+                node_ipv4,
                 tx,
                 Arc::clone(&events),
                 shutdown_rx.clone(),

@@ -254,7 +254,7 @@ pub(super) fn validate(k: &KubernetesSection) -> Result<KubeConfig, (String, Str
         let mac = parse_mac(&h.mac).map_err(|r| bad(format!("{f}.mac"), r))?;
         next_hops.push((net, mac));
     }
-    next_hops.sort_by(|a, b| b.0.prefix_len().cmp(&a.0.prefix_len()));
+    next_hops.sort_by_key(|h| std::cmp::Reverse(h.0.prefix_len()));
     Ok(KubeConfig {
         kubeconfig,
         class: k.load_balancer_class.clone(),

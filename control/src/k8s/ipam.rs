@@ -1067,8 +1067,19 @@ impl Allocator {
     pub fn assign(&mut self, req: &Request) -> Result<Allocation, AllocError> {
         if let Some(held) = self.services.get(&req.key) {
             let pool = held.pool;
+            let valid = self.still_valid(req, pool, &held.addresses);
+            let may_grow = matches!(req.families, Families::PreferDual(_))
+                && held.addresses.len() == 1
+                && req.addresses.is_empty();
+            if valid
+                && !may_grow
+                && held.sharing_key == req.sharing_key
+                && held.ports == req.ports.iter().copied().collect()
+            {
+                // The common case on every reconcile pass: nothing to change.
+                return Ok(self.allocation_of(held));
+            }
             let mut addrs = held.addresses.clone();
-            let valid = self.still_valid(req, pool, &addrs);
             self.unregister(&req.key);
             if valid {
                 if matches!(req.families, Families::PreferDual(_))

@@ -180,6 +180,24 @@ pub fn from_value(v: &Value) -> Result<Manifest, ManifestError> {
     convert(v.clone()).map_err(|f| f.into_error(None, ""))
 }
 
+/// As [`from_value`], for an object that may lack `apiVersion` and `kind` (items of a list
+/// response, a `DynamicObject` whose `types` is `None`): those fields are taken from
+/// `api_version` and `kind` when absent. When present, they are used as they are.
+///
+/// # Errors
+/// As [`from_value`].
+pub fn from_value_as(v: &Value, api_version: &str, kind: &str) -> Result<Manifest, ManifestError> {
+    let mut v = v.clone();
+    if let Some(o) = v.as_object_mut() {
+        for (field, value) in [("apiVersion", api_version), ("kind", kind)] {
+            if o.get(field).is_none_or(Value::is_null) {
+                o.insert(field.to_owned(), Value::String(value.to_owned()));
+            }
+        }
+    }
+    convert(v).map_err(|f| f.into_error(None, ""))
+}
+
 /// A `List` (core `v1`, or `<Kind>List` of the two groups): its items.
 fn list_items(v: &Value) -> Option<&Vec<Value>> {
     let kind = v.get("kind")?.as_str()?;
@@ -709,6 +727,15 @@ mod tests {
             "IPAddressPool \"p\": spec.addresses[0]: \"10.0.0.9-10.0.0.1\": the first address \
              is above the last"
         );
+    }
+
+    #[test]
+    fn objects_without_type_meta_take_the_given_one() {
+        let v =
+            serde_json::json!({"metadata": {"name": "p"}, "spec": {"addresses": ["10.0.0.0/24"]}});
+        assert!(from_value(&v).is_err());
+        let m = from_value_as(&v, "sluice.io/v1beta1", "IPAddressPool").unwrap();
+        assert_eq!((m.kind(), m.name()), ("IPAddressPool", Some("p")));
     }
 
     #[test]

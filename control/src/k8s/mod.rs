@@ -7,7 +7,7 @@
 //! together ([`merge`]); the file wins a conflict.
 use std::collections::BTreeMap;
 
-use crate::config::{AddressBlock, AdvertisementDef, Desired, ServiceDef};
+use crate::config::{AddressBlock, AdvertisementDef, Desired, PeerDef, ServiceDef};
 
 pub mod crd;
 pub mod ipam;
@@ -26,6 +26,8 @@ pub struct Cluster {
     pub pools: BTreeMap<String, Vec<AddressBlock>>,
     /// The BGP advertisements that apply to this node.
     pub advertisements: Vec<AdvertisementDef>,
+    /// The BGP peers (`BGPPeer`s) that apply to this node.
+    pub peers: Vec<PeerDef>,
 }
 
 /// The file's desired state with the cluster's services, pools and advertisements added.
@@ -57,5 +59,20 @@ pub fn merge(file: &Desired, cluster: &Cluster) -> (Desired, Vec<String>) {
     out.bgp
         .advertisements
         .extend(cluster.advertisements.iter().cloned());
+    for p in &cluster.peers {
+        if out
+            .bgp
+            .peers
+            .iter()
+            .any(|f| f.name == p.name || f.config.peer_address == p.config.peer_address)
+        {
+            conflicts.push(format!(
+                "BGPPeer {}: the config file already has a peer of that name or address",
+                p.name
+            ));
+            continue;
+        }
+        out.bgp.peers.push(p.clone());
+    }
     (out, conflicts)
 }

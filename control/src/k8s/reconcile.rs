@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Node, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
@@ -39,12 +39,12 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, watch};
 
 use super::Cluster;
-use super::crd::IPAddressPoolStatus;
+use super::crd::{IPAddressPoolStatus, PeerPassword};
 use super::ipam::{Allocator, Pool, Request};
 use super::lease::{Elector, Role};
 use super::manifest::{self, Manifest};
 use super::translate::{self, Problem, View};
-use crate::config::{AddressBlock, AdvertisementDef, KubeConfig};
+use crate::config::{AddressBlock, AdvertisementDef, KubeConfig, PeerDef};
 use crate::state::{EventKind, Events};
 
 /// How long changes are collected before a pass runs.
@@ -149,6 +149,8 @@ struct Stores {
     nodes: Store<Node>,
     pools: Store<DynamicObject>,
     advertisements: Store<DynamicObject>,
+    peers: Store<DynamicObject>,
+    secrets: Store<Secret>,
 }
 
 /// Runs the reconciler until `shutdown` turns true; sends what this node publishes on `out`.
@@ -157,6 +159,7 @@ pub async fn run(
     client: Client,
     cfg: KubeConfig,
     node: String,
+    node_ipv4: Option<std::net::Ipv4Addr>,
     out: watch::Sender<Arc<Cluster>>,
     events: Arc<Events>,
     mut shutdown: watch::Receiver<bool>,
@@ -197,6 +200,20 @@ pub async fn run(
             Arc::clone(&notify),
             "bgpadvertisements",
         ),
+        peers: reflect_dynamic(
+            &client,
+            &cfg.namespace,
+            &crd_resource(group, "v1beta2", "BGPPeer", "bgppeers"),
+            Arc::clone(&notify),
+            "bgppeers",
+        ),
+        // BGPPeer passwordSecret: Secrets of the namespace only.
+        secrets: reflect(
+            Api::namespaced(client.clone(), &cfg.namespace),
+            (),
+            Arc::clone(&notify),
+            "secrets",
+        ),
     };
     let mut reconciler = Reconciler {
         recorder: Recorder::new(
@@ -218,6 +235,7 @@ pub async fn run(
         client,
         cfg,
         node,
+        node_ipv4,
         events,
         reported: BTreeMap::new(),
         failures: BTreeMap::new(),
@@ -238,7 +256,10 @@ pub async fn run(
             stores.pools.clone(),
             stores.advertisements.clone(),
         );
+        let (g, h) = (stores.peers.clone(), stores.secrets.clone());
         async move {
+            let _ = g.wait_until_ready().await;
+            let _ = h.wait_until_ready().await;
             let _ = a.wait_until_ready().await;
             let _ = b.wait_until_ready().await;
             let _ = c.wait_until_ready().await;
@@ -284,6 +305,7 @@ struct Reconciler {
     client: Client,
     cfg: KubeConfig,
     node: String,
+    node_ipv4: Option<std::net::Ipv4Addr>,
     recorder: Recorder,
     elector: Option<Elector>,
     events: Arc<Events>,
@@ -365,6 +387,7 @@ impl Reconciler {
                 &pools,
                 &node_labels,
             ),
+            peers: self.peers(&stores.peers.state(), &stores.secrets, &node_labels),
         };
         out.send_if_modified(|c| {
             if **c == cluster {
@@ -561,6 +584,74 @@ impl Reconciler {
                 aggregation_length: settings.aggregation_length,
                 aggregation_length_v6: settings.aggregation_length_v6,
             });
+        }
+        out
+    }
+
+    /// The BGP peers that apply to this node (invalid ones are reported and left out).
+    fn peers(
+        &mut self,
+        objects: &[Arc<DynamicObject>],
+        secrets: &Store<Secret>,
+        node_labels: &BTreeMap<String, String>,
+    ) -> Vec<PeerDef> {
+        let mut out = Vec::new();
+        for o in objects {
+            let name = o.metadata.name.clone().unwrap_or_default();
+            let what = format!("BGPPeer {name}");
+            let settings = serde_json::to_value(o.as_ref())
+                .map_err(|e| e.to_string())
+                .and_then(|v| manifest::from_value(&v).map_err(|e| e.to_string()))
+                .and_then(|m| match m {
+                    Manifest::BGPPeer(p) => p.validate().map_err(|e| e.to_string()),
+                    m => Err(format!("unexpected kind {}", m.kind())),
+                });
+            let settings = match settings {
+                Ok(s) => s,
+                Err(e) => {
+                    self.invalid(what, e);
+                    continue;
+                }
+            };
+            if !settings.applies_to_node(node_labels) {
+                self.invalid.remove(&what);
+                continue;
+            }
+            let secret = match &settings.password {
+                PeerPassword::Secret { name: s, namespace } => {
+                    let ns = namespace.as_deref().unwrap_or(&self.cfg.namespace);
+                    let password = (ns == self.cfg.namespace)
+                        .then(|| secrets.get(&reflector::ObjectRef::new(s).within(ns)))
+                        .flatten()
+                        .and_then(|sec| {
+                            let b = sec.data.as_ref()?.get("password")?;
+                            String::from_utf8(b.0.clone()).ok()
+                        });
+                    if password.is_none() {
+                        self.invalid(
+                            what,
+                            format!(
+                                "spec.passwordSecret: no Secret {ns}/{s} with a `password` key \
+                                 (Secrets are read in {} only)",
+                                self.cfg.namespace
+                            ),
+                        );
+                        continue;
+                    }
+                    password
+                }
+                _ => None,
+            };
+            match settings.to_peer_config(self.node_ipv4, secret.as_deref()) {
+                Ok((config, warnings)) => {
+                    self.invalid.remove(&what);
+                    for w in warnings {
+                        tracing::debug!("kubernetes: {what}: {w}");
+                    }
+                    out.push(PeerDef { name, config });
+                }
+                Err(e) => self.invalid(what, e.to_string()),
+            }
         }
         out
     }
