@@ -404,12 +404,7 @@ impl Daemon {
             tracing::warn!("tables capacity changes take effect only when the region is recreated");
         }
         let previous = std::mem::replace(&mut self.file, desired);
-        let merged = self.merge();
-        let previous_merged = std::mem::replace(&mut self.merged, merged);
-        let mut overrides = self.overrides.clone();
-        overrides.retain(&self.merged);
-        let kept = std::mem::replace(&mut self.overrides, overrides);
-        match self.publish().await {
+        match self.remerge().await {
             Ok(applied) => {
                 self.checker.set_targets(health::targets(&self.file));
                 let file = &self.file;
@@ -422,8 +417,6 @@ impl Daemon {
             }
             Err(e) => {
                 self.file = previous;
-                self.merged = previous_merged;
-                self.overrides = kept;
                 Err(ReloadError::Apply(e))
             }
         }
@@ -446,20 +439,28 @@ impl Daemon {
     /// [`DaemonError`] from the publication.
     pub async fn set_cluster(&mut self, cluster: Arc<Cluster>) -> Result<Applied, DaemonError> {
         let previous = std::mem::replace(&mut self.cluster, cluster);
+        let r = self.remerge().await;
+        if r.is_err() {
+            self.cluster = previous;
+        }
+        r
+    }
+
+    /// Merges the file and the cluster again, keeps the overrides of what remains, and
+    /// publishes. On failure `merged` and the overrides are as before (the caller restores
+    /// the input it changed).
+    async fn remerge(&mut self) -> Result<Applied, DaemonError> {
         let merged = self.merge();
         let previous_merged = std::mem::replace(&mut self.merged, merged);
         let mut overrides = self.overrides.clone();
         overrides.retain(&self.merged);
         let kept = std::mem::replace(&mut self.overrides, overrides);
-        match self.publish().await {
-            Ok(applied) => Ok(applied),
-            Err(e) => {
-                self.cluster = previous;
-                self.merged = previous_merged;
-                self.overrides = kept;
-                Err(e)
-            }
+        let r = self.publish().await;
+        if r.is_err() {
+            self.merged = previous_merged;
+            self.overrides = kept;
         }
+        r
     }
 
     async fn log_cluster(&mut self, cluster: Arc<Cluster>) {

@@ -503,14 +503,10 @@ impl Reconciler {
         let mut out = Vec::new();
         for o in objects {
             let name = o.metadata.name.clone().unwrap_or_default();
-            let parsed = serde_json::to_value(o.as_ref())
-                .map_err(|e| e.to_string())
-                .and_then(|v| manifest::from_value(&v).map_err(|e| e.to_string()));
-            let pool = match parsed {
-                Ok(Manifest::IPAddressPool(p)) => Pool::from_crd(&p).map_err(|e| e.to_string()),
-                Ok(m) => Err(format!("unexpected kind {}", m.kind())),
-                Err(e) => Err(e),
-            };
+            let pool = load(o, |m| match m {
+                Manifest::IPAddressPool(p) => Pool::from_crd(&p).map_err(|e| e.to_string()),
+                m => Err(format!("unexpected kind {}", m.kind())),
+            });
             match pool {
                 Ok(pool) => {
                     self.invalid.remove(&format!("IPAddressPool {name}"));
@@ -536,13 +532,10 @@ impl Reconciler {
         for o in objects {
             let name = o.metadata.name.clone().unwrap_or_default();
             let what = format!("BGPAdvertisement {name}");
-            let settings = serde_json::to_value(o.as_ref())
-                .map_err(|e| e.to_string())
-                .and_then(|v| manifest::from_value(&v).map_err(|e| e.to_string()))
-                .and_then(|m| match m {
-                    Manifest::BGPAdvertisement(a) => a.validate().map_err(|e| e.to_string()),
-                    m => Err(format!("unexpected kind {}", m.kind())),
-                });
+            let settings = load(o, |m| match m {
+                Manifest::BGPAdvertisement(a) => a.validate().map_err(|e| e.to_string()),
+                m => Err(format!("unexpected kind {}", m.kind())),
+            });
             let settings = match settings {
                 Ok(s) => s,
                 Err(e) => {
@@ -599,13 +592,10 @@ impl Reconciler {
         for o in objects {
             let name = o.metadata.name.clone().unwrap_or_default();
             let what = format!("BGPPeer {name}");
-            let settings = serde_json::to_value(o.as_ref())
-                .map_err(|e| e.to_string())
-                .and_then(|v| manifest::from_value(&v).map_err(|e| e.to_string()))
-                .and_then(|m| match m {
-                    Manifest::BGPPeer(p) => p.validate().map_err(|e| e.to_string()),
-                    m => Err(format!("unexpected kind {}", m.kind())),
-                });
+            let settings = load(o, |m| match m {
+                Manifest::BGPPeer(p) => p.validate().map_err(|e| e.to_string()),
+                m => Err(format!("unexpected kind {}", m.kind())),
+            });
             let settings = match settings {
                 Ok(s) => s,
                 Err(e) => {
@@ -907,4 +897,13 @@ async fn write_ingress(
         .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await;
     (key, r)
+}
+
+/// A CRD object from a watch, loaded and checked like a manifest, then `check`ed.
+fn load<T>(
+    o: &DynamicObject,
+    check: impl FnOnce(Manifest) -> Result<T, String>,
+) -> Result<T, String> {
+    let v = serde_json::to_value(o).map_err(|e| e.to_string())?;
+    check(manifest::from_value(&v).map_err(|e| e.to_string())?)
 }
