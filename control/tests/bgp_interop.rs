@@ -677,3 +677,88 @@ async fn bird_md5_child() {
     assert_has(&r4, &format!("via {SPEAKER4}"));
     right.shutdown(None).await;
 }
+
+/// The peer set changed at run time (`Speaker::set_peers`): a speaker started with no peers
+/// takes BIRD as a new peer and announces to it; a changed hold time restarts the session
+/// (BIRD reads Cease / Other Configuration Change, then the session comes back); removing the
+/// peer sends Cease / Peer De-configured and BIRD drops the route.
+#[test]
+fn bird_peer_added_changed_and_removed_at_run_time() {
+    const NAME: &str = "bird_peer_added_changed_and_removed_at_run_time";
+    if is_child(NAME) {
+        return child_runtime().block_on(bird_runtime_peers_child());
+    }
+    let lab = Lab::new("bp");
+    let dir = TempDir::new("bp");
+    let (_bird, sock, log) = start_bird(&lab, &dir, &bird_config(ROUTER_ASN, MY_ASN, false));
+    run_child(
+        &lab.speaker,
+        NAME,
+        &[
+            (ENV_ROUTER_NS, lab.router.name()),
+            (ENV_BIRD_SOCK, &sock.to_string_lossy()),
+        ],
+        Duration::from_secs(300),
+        &log,
+    );
+}
+
+async fn bird_runtime_peers_child() {
+    let sock = env(ENV_BIRD_SOCK);
+    let speaker = Speaker::start(vec![]).expect("a speaker with no peers");
+    speaker
+        .set_advertisements(vec![ad4(vec![], vec![], None)])
+        .expect("advertisements");
+    let cfg = PeerConfig {
+        source_address: Some(SPEAKER4.parse().unwrap()),
+        hold_time: Duration::from_secs(9),
+        connect_retry: Duration::from_secs(1),
+        ..PeerConfig::new(
+            MY_ASN,
+            ROUTER_ASN,
+            ROUTER4.parse().unwrap(),
+            SPEAKER4.parse().unwrap(),
+        )
+    };
+    speaker
+        .set_peers(vec![cfg.clone()])
+        .await
+        .expect("set_peers");
+    wait_established(&speaker).await;
+    let r4 = bird_route(&sock, "10.90.0.100/32").await;
+    assert_has(&r4, &format!("via {SPEAKER4}"));
+
+    // Changed: a new session with the new hold time (BIRD takes the lower of 9 and 6).
+    let changed = PeerConfig {
+        hold_time: Duration::from_secs(6),
+        ..cfg
+    };
+    speaker.set_peers(vec![changed]).await.expect("set_peers");
+    wait_for("the session back with the new hold time", || {
+        let st = speaker.peers().into_iter().next()?;
+        let out = birdc(&sock, &["show", "protocols", "all", "sluice"]);
+        (st.state == State::Established
+            && st.established_transitions == 2
+            && out.contains("Established")
+            && out
+                .lines()
+                .any(|l| l.contains("Hold timer:") && l.trim_end().ends_with("/6")))
+        .then_some(())
+    })
+    .await;
+    let proto = birdc(&sock, &["show", "protocols", "all", "sluice"]);
+    println!("{proto}");
+    bird_route(&sock, "10.90.0.100/32").await;
+
+    // Removed: Cease / Peer De-configured, the route leaves BIRD.
+    speaker.set_peers(vec![]).await.expect("set_peers");
+    assert!(speaker.peers().is_empty());
+    bird_route_gone(&sock, "10.90.0.100/32").await;
+    let proto = wait_for("BIRD to see Peer De-configured", || {
+        let out = birdc(&sock, &["show", "protocols", "all", "sluice"]);
+        out.to_lowercase().contains("de-configured").then_some(out)
+    })
+    .await;
+    println!("{proto}");
+    speaker.shutdown(None).await;
+}

@@ -1,10 +1,12 @@
 //! The BGP speaker against a scripted peer over loopback TCP: malformed input gets the RFC's
 //! NOTIFICATION and the session task survives to make a new session; timers, ROUTE-REFRESH,
-//! advertisement changes, active connects with back-off, and graceful shutdown, all checked on
-//! the wire by decoding what the speaker sends with netgauze.
+//! advertisement changes, active connects with back-off, graceful shutdown, and peers added,
+//! changed and removed at run time (`Speaker::set_peers`), all checked on the wire by decoding
+//! what the speaker sends with netgauze.
 //!
-//! Only 127.0.0.1 is used; every speaker is shut down (or dropped, which aborts its tasks)
-//! when its test ends.
+//! Only loopback is used: the speaker is 127.0.0.1, peers are 127.0.0.1 and, where a test needs
+//! two, 127.0.0.2 and 127.0.0.3 (Linux answers for all of 127/8). Every speaker is shut down
+//! (or dropped, which aborts its tasks) when its test ends.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -25,7 +27,7 @@ use sluice_control::bgp::message::notification_codes;
 use sluice_control::bgp::{Advertisement, BgpEvent, GRACEFUL_SHUTDOWN, PeerConfig, Speaker, State};
 use sluice_testbed::free_port;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::{Instant, sleep, timeout};
 use tokio_util::bytes::BytesMut;
 use tokio_util::codec::{Decoder, Encoder};
@@ -52,6 +54,36 @@ impl RawPeer {
                 Ok(stream) => return RawPeer::from(stream),
                 Err(e) if Instant::now() > deadline => panic!("connect to {port}: {e}"),
                 Err(_) => sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Connects to a passive speaker from `src` (with a TCP MD5 key for the speaker's
+    /// address when `key` is given), retrying while its listener comes up.
+    async fn connect_from(src: Ipv4Addr, port: u16, key: Option<&str>) -> RawPeer {
+        use std::os::fd::AsFd as _;
+
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let sock = TcpSocket::new_v4().expect("socket");
+            sock.bind(SocketAddr::from((src, 0))).expect("bind");
+            if let Some(k) = key {
+                sluice_dataplane::io::sockopt::set_tcp_md5sig(
+                    sock.as_fd(),
+                    IpAddr::V4(LOCAL),
+                    k.as_bytes(),
+                )
+                .expect("MD5 key");
+            }
+            let r = timeout(
+                Duration::from_secs(2),
+                sock.connect(SocketAddr::from((LOCAL, port))),
+            )
+            .await;
+            match r {
+                Ok(Ok(stream)) => return RawPeer::from(stream),
+                _ if Instant::now() > deadline => panic!("connect from {src} to {port}: {r:?}"),
+                _ => sleep(Duration::from_millis(50)).await,
             }
         }
     }
@@ -577,4 +609,291 @@ async fn start_refuses_bad_passwords_and_duplicates() {
     assert!(err.to_string().contains("1-80 bytes"), "{err}");
     let err = Speaker::start(vec![peer_config(port, true), peer_config(port, false)]).unwrap_err();
     assert!(err.to_string().contains("twice"), "{err}");
+}
+
+// --- peers changed at run time (`Speaker::set_peers`) ---
+
+const PEER2: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+const PEER3: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
+
+/// `peer_config` for a peer at `addr`.
+fn peer_at(addr: Ipv4Addr, port: u16, passive: bool) -> PeerConfig {
+    PeerConfig {
+        peer_address: IpAddr::V4(addr),
+        ..peer_config(port, passive)
+    }
+}
+
+/// Waits until the peer at `addr` is in `want`.
+async fn wait_peer_state(speaker: &Speaker, addr: Ipv4Addr, want: State) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let st = speaker
+            .peers()
+            .into_iter()
+            .find(|p| p.peer_address == IpAddr::V4(addr))
+            .map(|p| p.state);
+        if st == Some(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "peer {addr} is {st:?}, want {want}"
+        );
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn addresses(speaker: &Speaker) -> Vec<IpAddr> {
+    speaker.peers().iter().map(|p| p.peer_address).collect()
+}
+
+/// Proves the session on `p` is the one it was: after the advertisements become `ads`, the
+/// prefixes `new` arrive on this very connection as the next message that is not a KEEPALIVE
+/// (a reset session would show a NOTIFICATION, a close, or a new OPEN instead).
+async fn assert_same_session(
+    speaker: &Speaker,
+    p: &mut RawPeer,
+    ads: Vec<Advertisement>,
+    new: &[&str],
+) {
+    speaker.set_advertisements(ads).unwrap();
+    let u = p.recv_update().await;
+    assert_eq!(announced(&u).0, new, "{u:?}");
+}
+
+fn vip4b() -> Advertisement {
+    Advertisement::host("10.90.0.101".parse().unwrap(), "192.0.2.2".parse().unwrap())
+}
+
+#[tokio::test]
+async fn an_empty_speaker_takes_an_active_peer_later() {
+    let speaker = Speaker::start(vec![]).expect("a speaker with no peers");
+    assert!(speaker.peers().is_empty());
+    // Routes asked for before the peer exists are what it gets once Established.
+    speaker.set_advertisements(vec![vip4()]).unwrap();
+    let port = free_port();
+    let listener = TcpListener::bind(SocketAddr::from((LOCAL, port)))
+        .await
+        .unwrap();
+    speaker
+        .set_peers(vec![peer_config(port, false)])
+        .await
+        .unwrap();
+    assert_eq!(addresses(&speaker), [IpAddr::V4(LOCAL)]);
+    let (stream, _) = timeout(WAIT, listener.accept()).await.unwrap().unwrap();
+    let mut p = RawPeer::from(stream);
+    p.handshake(9).await;
+    assert_eq!(initial_table(&mut p).await, ["10.90.0.100/32"]);
+    wait_peer_state(&speaker, LOCAL, State::Established).await;
+    // Shutdown reaches peers added after start.
+    speaker.shutdown(None).await;
+    assert_eq!(notification_codes(&p.recv_notification().await), (6, 2));
+    p.expect_closed().await;
+    let err = speaker.set_peers(vec![]).await.unwrap_err();
+    assert!(err.to_string().contains("shut down"), "{err}");
+}
+
+#[tokio::test]
+async fn passive_peers_added_later_are_routed_through_one_listener() {
+    let port = free_port();
+    let speaker = Speaker::start(vec![]).unwrap();
+    speaker.set_advertisements(vec![vip4()]).unwrap();
+    let a = peer_at(LOCAL, port, true);
+    speaker.set_peers(vec![a.clone()]).await.unwrap();
+    let mut pa = RawPeer::connect(port).await;
+    pa.handshake(9).await;
+    assert_eq!(initial_table(&mut pa).await, ["10.90.0.100/32"]);
+
+    // A second passive peer on the same port, with an MD5 key: the open listener learns the
+    // route and the key; the first peer's session is not touched.
+    let b = PeerConfig {
+        password: Some("sluice-md5".into()),
+        ..peer_at(PEER2, port, true)
+    };
+    speaker.set_peers(vec![a.clone(), b.clone()]).await.unwrap();
+    assert_eq!(addresses(&speaker), [IpAddr::V4(LOCAL), IpAddr::V4(PEER2)]);
+    let mut pb = RawPeer::connect_from(PEER2, port, Some("sluice-md5")).await;
+    pb.handshake(9).await;
+    assert_eq!(initial_table(&mut pb).await, ["10.90.0.100/32"]);
+    wait_peer_state(&speaker, PEER2, State::Established).await;
+    assert_same_session(
+        &speaker,
+        &mut pa,
+        vec![vip4(), vip4b()],
+        &["10.90.0.101/32"],
+    )
+    .await;
+    assert_eq!(
+        announced(&pb.recv_update().await).0,
+        ["10.90.0.101/32"],
+        "the new peer follows advertisement changes too"
+    );
+    assert_eq!(speaker.peers()[0].established_transitions, 1);
+
+    // No passive peer left: the listener closes.
+    speaker.set_peers(vec![]).await.unwrap();
+    for p in [&mut pa, &mut pb] {
+        assert_eq!(notification_codes(&p.recv_notification().await), (6, 3));
+        p.expect_closed().await;
+    }
+    let refused = TcpStream::connect(SocketAddr::from((LOCAL, port))).await;
+    assert!(refused.is_err(), "the listener is closed: {refused:?}");
+    speaker.shutdown(None).await;
+}
+
+#[tokio::test]
+async fn unchanged_peer_keeps_its_session_while_others_come_and_go() {
+    let port = free_port();
+    let a = peer_at(LOCAL, port, true);
+    let speaker = Speaker::start(vec![a.clone()]).unwrap();
+    speaker.set_advertisements(vec![vip4()]).unwrap();
+    let mut pa = RawPeer::connect(port).await;
+    pa.handshake(9).await;
+    assert_eq!(initial_table(&mut pa).await, ["10.90.0.100/32"]);
+    wait_peer_state(&speaker, LOCAL, State::Established).await;
+
+    // Add an active peer in front (order is the caller's), then reapply the same list.
+    let active_port = free_port();
+    let listener = TcpListener::bind(SocketAddr::from((PEER3, active_port)))
+        .await
+        .unwrap();
+    let c = peer_at(PEER3, active_port, false);
+    speaker.set_peers(vec![c.clone(), a.clone()]).await.unwrap();
+    assert_eq!(addresses(&speaker), [IpAddr::V4(PEER3), IpAddr::V4(LOCAL)]);
+    let (stream, _) = timeout(WAIT, listener.accept()).await.unwrap().unwrap();
+    let mut pc = RawPeer::from(stream);
+    pc.handshake(9).await;
+    assert_eq!(initial_table(&mut pc).await, ["10.90.0.100/32"]);
+    speaker.set_peers(vec![c.clone(), a.clone()]).await.unwrap();
+
+    // Remove the active peer again.
+    speaker.set_peers(vec![a.clone()]).await.unwrap();
+    assert_eq!(notification_codes(&pc.recv_notification().await), (6, 3));
+    pc.expect_closed().await;
+
+    // Through all of it, the first peer's session is the one from the start.
+    assert_same_session(
+        &speaker,
+        &mut pa,
+        vec![vip4(), vip4b()],
+        &["10.90.0.101/32"],
+    )
+    .await;
+    let st = &speaker.peers()[0];
+    assert_eq!(st.state, State::Established);
+    assert_eq!(st.established_transitions, 1, "{st:?}");
+    assert_eq!(st.notifications_sent, 0, "{st:?}");
+    speaker.shutdown(None).await;
+    assert_eq!(notification_codes(&pa.recv_notification().await), (6, 2));
+}
+
+#[tokio::test]
+async fn removed_peer_gets_peer_deconfigured_and_its_address_is_refused() {
+    let port = free_port();
+    let a = peer_at(LOCAL, port, true);
+    let b = peer_at(PEER2, port, true);
+    let speaker = Speaker::start(vec![a.clone(), b]).unwrap();
+    let mut events = speaker.events();
+    let mut pa = RawPeer::connect(port).await;
+    pa.handshake(9).await;
+    assert!(initial_table(&mut pa).await.is_empty());
+    let mut pb = RawPeer::connect_from(PEER2, port, None).await;
+    pb.handshake(9).await;
+    assert!(initial_table(&mut pb).await.is_empty());
+    wait_peer_state(&speaker, PEER2, State::Established).await;
+
+    speaker.set_peers(vec![a]).await.unwrap();
+    assert_eq!(addresses(&speaker), [IpAddr::V4(LOCAL)]);
+    assert_eq!(notification_codes(&pb.recv_notification().await), (6, 3));
+    pb.expect_closed().await;
+
+    // The event stream names the removed peer's NOTIFICATION.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let e = timeout(deadline - Instant::now(), events.recv())
+            .await
+            .expect("the NOTIFICATION event")
+            .unwrap();
+        if e == (BgpEvent::NotificationSent {
+            peer: IpAddr::V4(PEER2),
+            code: 6,
+            subcode: 3,
+        }) {
+            break;
+        }
+    }
+
+    // The shared listener no longer takes the removed address.
+    let mut again = RawPeer::connect_from(PEER2, port, None).await;
+    again.expect_closed().await;
+    assert_same_session(&speaker, &mut pa, vec![vip4()], &["10.90.0.100/32"]).await;
+    speaker.shutdown(None).await;
+}
+
+#[tokio::test]
+async fn changed_peer_reconnects_with_the_new_settings() {
+    let port = free_port();
+    let listener = TcpListener::bind(SocketAddr::from((LOCAL, port)))
+        .await
+        .unwrap();
+    let old = peer_config(port, false);
+    let speaker = Speaker::start(vec![old.clone()]).unwrap();
+    speaker.set_advertisements(vec![vip4()]).unwrap();
+    let (stream, _) = timeout(WAIT, listener.accept()).await.unwrap().unwrap();
+    let mut p = RawPeer::from(stream);
+    assert_eq!(p.handshake(30).await.hold_time(), 9);
+    assert_eq!(initial_table(&mut p).await, ["10.90.0.100/32"]);
+    wait_state(&speaker, State::Established).await;
+
+    let new = PeerConfig {
+        hold_time: Duration::from_secs(27),
+        ..old
+    };
+    speaker.set_peers(vec![new]).await.unwrap();
+    // RFC 4486 subcode 6: the peer stays configured, with other settings.
+    assert_eq!(notification_codes(&p.recv_notification().await), (6, 6));
+    p.expect_closed().await;
+    let (stream, _) = timeout(WAIT, listener.accept()).await.unwrap().unwrap();
+    let mut p = RawPeer::from(stream);
+    assert_eq!(p.handshake(30).await.hold_time(), 27);
+    assert_eq!(initial_table(&mut p).await, ["10.90.0.100/32"]);
+    wait_state(&speaker, State::Established).await;
+    // Counters run on across the change.
+    let st = &speaker.peers()[0];
+    assert_eq!(st.established_transitions, 2, "{st:?}");
+    assert_eq!(st.notifications_sent, 1, "{st:?}");
+    speaker.shutdown(None).await;
+}
+
+#[tokio::test]
+async fn an_invalid_peer_list_changes_nothing() {
+    let (speaker, port) = passive_speaker();
+    let mut p = RawPeer::connect(port).await;
+    p.handshake(9).await;
+    assert!(initial_table(&mut p).await.is_empty());
+    wait_state(&speaker, State::Established).await;
+
+    let changed = PeerConfig {
+        hold_time: Duration::from_secs(30),
+        ..peer_config(port, true)
+    };
+    let err = speaker
+        .set_peers(vec![changed, peer_config(port, true)])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("twice"), "{err}");
+    let bad = PeerConfig {
+        password: Some(String::new()),
+        ..peer_at(PEER2, port, true)
+    };
+    let err = speaker
+        .set_peers(vec![peer_config(port, true), bad])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("1-80 bytes"), "{err}");
+    assert_eq!(addresses(&speaker), [IpAddr::V4(LOCAL)]);
+    assert_same_session(&speaker, &mut p, vec![vip4()], &["10.90.0.100/32"]).await;
+    assert_eq!(speaker.peers()[0].established_transitions, 1);
+    speaker.shutdown(None).await;
 }

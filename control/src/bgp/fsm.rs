@@ -30,7 +30,8 @@ use netgauze_iana::address_family::AddressType;
 use super::backoff::Backoff;
 use super::config::{MAX_CONNECT_RETRY, PeerConfig};
 use super::message::{
-    Negotiated, OPEN_SENT_HOLD, cease_admin_shutdown, check_open, check_update, hold_timer_expired,
+    Negotiated, OPEN_SENT_HOLD, cease_admin_shutdown, cease_other_configuration_change,
+    cease_peer_deconfigured, check_open, check_update, hold_timer_expired,
 };
 
 /// RFC 4271 §8.2.2 session states.
@@ -106,14 +107,42 @@ impl Timer {
     }
 }
 
+/// Why a session is stopped for good: the Cease subcode (RFC 4486 §4) of the NOTIFICATION
+/// sent when it is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StopReason {
+    /// The speaker shuts down: Administrative Shutdown (subcode 2), with an RFC 8203 message.
+    Shutdown,
+    /// The peer was removed from the configuration: Peer De-configured (subcode 3).
+    PeerDeconfigured,
+    /// The peer's configuration changed and a new session replaces this one: Other
+    /// Configuration Change (subcode 6), as BIRD sends when a reconfiguration restarts a
+    /// session.
+    ConfigurationChanged,
+}
+
+// === impl StopReason ===
+
+impl StopReason {
+    /// The NOTIFICATION that says so.
+    pub fn notification(self) -> BgpNotificationMessage {
+        match self {
+            StopReason::Shutdown => cease_admin_shutdown("sluice: shutting down"),
+            StopReason::PeerDeconfigured => cease_peer_deconfigured(),
+            StopReason::ConfigurationChanged => cease_other_configuration_change(),
+        }
+    }
+}
+
 /// Inputs to the machine.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// Event 3 AutomaticStart, or event 5 AutomaticStart_with_PassiveTcpEstablishment for a
     /// passive peer.
     Start,
-    /// Event 2 ManualStop: leave for good (a NOTIFICATION Cease if connected).
-    Stop,
+    /// Event 2 ManualStop: leave for good (a NOTIFICATION Cease with the reason's subcode if
+    /// connected).
+    Stop(StopReason),
     /// Events 9-13: a timer expired.
     Timer(Timer),
     /// Event 16 Tcp_CR_Acked (our connect succeeded) / event 17 TcpConnectionConfirmed (we
@@ -209,15 +238,13 @@ impl Fsm {
     /// Feeds one event; returns the actions to carry out, in order.
     pub fn fsm_event(&mut self, event: Event) -> Vec<Action> {
         let mut out = Vec::new();
-        if self.stopped && !matches!(event, Event::Stop) {
+        if self.stopped && !matches!(event, Event::Stop(_)) {
             return out;
         }
         match (self.state, event) {
-            (_, Event::Stop) => {
+            (_, Event::Stop(reason)) => {
                 if self.state.is_connected() {
-                    out.push(Action::SendNotification(cease_admin_shutdown(
-                        "sluice: shutting down",
-                    )));
+                    out.push(Action::SendNotification(reason.notification()));
                 }
                 self.stopped = true;
                 self.leave(&mut out);
@@ -579,7 +606,7 @@ mod tests {
     #[test]
     fn stop_sends_cease_and_stays_idle() {
         let mut f = established(false);
-        let a = f.fsm_event(Event::Stop);
+        let a = f.fsm_event(Event::Stop(StopReason::Shutdown));
         assert!(matches!(
             &a[0],
             Action::SendNotification(BgpNotificationMessage::CeaseError(_))
@@ -588,6 +615,30 @@ mod tests {
         assert!(f.fsm_event(Event::Start).is_empty());
         assert!(f.fsm_event(Event::Timer(Timer::IdleHold)).is_empty());
         assert_eq!(f.state(), State::Idle);
+    }
+
+    #[test]
+    fn stop_reasons_map_to_rfc_4486_subcodes() {
+        for (reason, subcode) in [
+            (StopReason::Shutdown, 2),
+            (StopReason::PeerDeconfigured, 3),
+            (StopReason::ConfigurationChanged, 6),
+        ] {
+            let mut f = established(false);
+            let a = f.fsm_event(Event::Stop(reason));
+            let Action::SendNotification(n) = &a[0] else {
+                panic!("{a:?}")
+            };
+            assert_eq!(crate::bgp::message::notification_codes(n), (6, subcode));
+            assert_eq!(a[1], Action::Close);
+            assert!(a.contains(&Action::SessionDown));
+        }
+        // Not connected: nothing to send, still stopped for good.
+        let mut f = Fsm::new(cfg(false), 1);
+        f.fsm_event(Event::Start);
+        let a = f.fsm_event(Event::Stop(StopReason::PeerDeconfigured));
+        assert!(!a.iter().any(|a| matches!(a, Action::SendNotification(_))));
+        assert!(f.fsm_event(Event::Timer(Timer::IdleHold)).is_empty());
     }
 
     #[test]
@@ -605,7 +656,12 @@ mod tests {
     fn arb_event() -> impl Strategy<Value = Event> {
         prop_oneof![
             Just(Event::Start),
-            Just(Event::Stop),
+            prop::sample::select(vec![
+                StopReason::Shutdown,
+                StopReason::PeerDeconfigured,
+                StopReason::ConfigurationChanged,
+            ])
+            .prop_map(Event::Stop),
             prop::sample::select(Timer::ALL.to_vec()).prop_map(Event::Timer),
             Just(Event::TcpConnected),
             Just(Event::TcpFailed),
@@ -641,7 +697,7 @@ mod tests {
             let mut stopped = false;
             for e in events {
                 let before = f.state();
-                let is_stop = matches!(e, Event::Stop);
+                let is_stop = matches!(e, Event::Stop(_));
                 let actions = f.fsm_event(e);
                 let after = f.state();
                 stopped |= is_stop;

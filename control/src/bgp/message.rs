@@ -476,6 +476,22 @@ pub fn cease_admin_shutdown(reason: &str) -> BgpNotificationMessage {
     })
 }
 
+/// Cease / Peer De-configured (RFC 4486 subcode 3): the peer was removed from our
+/// configuration.
+pub fn cease_peer_deconfigured() -> BgpNotificationMessage {
+    BgpNotificationMessage::CeaseError(CeaseError::PeerDeConfigured {
+        value: Box::new([]),
+    })
+}
+
+/// Cease / Other Configuration Change (RFC 4486 subcode 6): the peer's configuration changed
+/// and the session restarts with the new one.
+pub fn cease_other_configuration_change() -> BgpNotificationMessage {
+    BgpNotificationMessage::CeaseError(CeaseError::OtherConfigurationChange {
+        value: Box::new([]),
+    })
+}
+
 /// Hold Timer Expired (RFC 4271 §6.5).
 pub fn hold_timer_expired() -> BgpNotificationMessage {
     BgpNotificationMessage::HoldTimerExpiredError(HoldTimerExpiredError::Unspecific {
@@ -575,7 +591,9 @@ pub fn describe_notification(n: &BgpNotificationMessage) -> String {
         (4, _) => "Hold Timer Expired",
         (5, _) => "Finite State Machine Error",
         (6, 2) => "Cease / Administrative Shutdown",
+        (6, 3) => "Cease / Peer De-configured",
         (6, 4) => "Cease / Administrative Reset",
+        (6, 6) => "Cease / Other Configuration Change",
         (6, _) => "Cease",
         (7, _) => "ROUTE-REFRESH Message Error",
         _ => "unknown error",
@@ -751,6 +769,8 @@ mod tests {
         let cases = [
             hold_timer_expired(),
             cease_admin_shutdown("bye"),
+            cease_peer_deconfigured(),
+            cease_other_configuration_change(),
             BgpNotificationMessage::MessageHeaderError(MessageHeaderError::BadMessageLength {
                 value: vec![0, 5].into(),
             }),

@@ -23,6 +23,13 @@
 //! TCP MD5 signatures (RFC 2385): a peer's password is installed on its socket before connect
 //! (active) or on the listening socket for its address (passive).
 //!
+//! The peer set can change while the speaker runs ([`Speaker::set_peers`], fed from
+//! Kubernetes `BGPPeer` objects): a peer whose configuration is unchanged keeps its session
+//! and its TCP connection; a removed peer is sent Cease / Peer De-configured, a changed one
+//! Cease / Other Configuration Change and then a new session (RFC 4486). Listening sockets
+//! follow the passive peers: one per local (address, port), its routing table and MD5 keys
+//! updated in place, closed when no passive peer uses it.
+//!
 //! Not implemented (yet): RFC 8950 IPv4-over-IPv6 next hops, graceful restart, ADD-PATH, enhanced route refresh, and
 //! connection collision detection (a peer is either active or passive, never both).
 
@@ -36,7 +43,7 @@ pub mod fuzz;
 pub mod message;
 mod session;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -47,18 +54,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 pub use config::{
     Advertisement, BgpConfigError, GRACEFUL_SHUTDOWN, PeerConfig, Rib, RouteAttrs, parse_community,
     parse_large_community,
 };
-pub use fsm::State;
+pub use fsm::{State, StopReason};
 
 use fsm::Fsm;
 use session::{Control, Session, StatusCell};
 
-/// Why the speaker could not start.
+/// Why the speaker could not start or take a new peer set.
 #[derive(Debug, thiserror::Error)]
 pub enum BgpError {
     /// A peer's configuration is invalid.
@@ -74,6 +81,9 @@ pub enum BgpError {
         #[source]
         source: io::Error,
     },
+    /// [`Speaker::set_peers`] after [`Speaker::shutdown`].
+    #[error("the BGP speaker has been shut down")]
+    ShutDown,
 }
 
 /// A peer's state as [`Speaker::peers`] reports it.
@@ -139,23 +149,98 @@ pub enum BgpEvent {
     },
 }
 
+/// One configured peer: its configuration, the status its session publishes, and the handles
+/// to stop it and to hand it accepted connections.
 #[derive(Debug)]
 struct PeerEntry {
     cfg: PeerConfig,
     status: Arc<Mutex<StatusCell>>,
+    /// The session's own control channel. [`watch::Sender::closed`] completes once the
+    /// session task has ended (it holds the only receiver).
+    control: watch::Sender<Control>,
+    /// Where a listener hands this peer's accepted connections (passive peers only).
+    inbox: Option<mpsc::Sender<TcpStream>>,
+}
+
+/// Peer address → the passive session that takes its connections, read by the accept loop
+/// for every connection and replaced whole by [`Speaker::set_peers`].
+type Routes = Arc<Mutex<HashMap<IpAddr, mpsc::Sender<TcpStream>>>>;
+
+/// One listening socket shared by the passive peers with the same local (address, port).
+struct Listener {
+    /// Shared with the accept loop; kept here to change the socket's MD5 keys.
+    socket: Arc<TcpListener>,
+    routes: Routes,
+    /// The TCP MD5 keys installed on `socket`, per peer.
+    keys: HashMap<IpAddr, String>,
+    /// The accept loop; aborting it (and dropping `socket`) closes the socket.
+    task: JoinHandle<()>,
+}
+
+/// Everything [`Speaker::set_peers`] and [`Speaker::shutdown`] change. Only ever locked
+/// without an `.await` in between.
+#[derive(Debug, Default)]
+struct Inner {
+    /// In configuration order.
+    peers: Vec<PeerEntry>,
+    listeners: BTreeMap<SocketAddr, Listener>,
+    /// Every session task, those of removed and replaced peers included until they end.
+    tasks: Vec<JoinHandle<()>>,
+    /// [`Speaker::shutdown`] ran: no session starts any more.
+    stopped: bool,
+}
+
+impl std::fmt::Debug for Listener {
+    // By hand so that the MD5 keys never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listener")
+            .field("socket", &self.socket)
+            .field("routes", &self.routes.lock().keys().collect::<Vec<_>>())
+            .field("keys_for", &self.keys.keys().collect::<Vec<_>>())
+            .field("task", &self.task)
+            .finish()
+    }
+}
+
+// === impl Inner ===
+
+impl Inner {
+    /// Starts accepting on `socket` (bound to `addr`, with `keys` installed) for the passive
+    /// peers of `addr`.
+    fn adopt_listener(
+        &mut self,
+        addr: SocketAddr,
+        socket: TcpListener,
+        keys: HashMap<IpAddr, String>,
+    ) {
+        let routes = Arc::new(Mutex::new(routes_to(&self.peers, addr)));
+        let socket = Arc::new(socket);
+        let task = tokio::spawn(accept_loop(Arc::clone(&socket), Arc::clone(&routes)));
+        let l = Listener {
+            socket,
+            routes,
+            keys,
+            task,
+        };
+        self.listeners.insert(addr, l);
+    }
 }
 
 /// Handle on the running speaker: one task per peer plus one per listening socket.
+///
+/// The peer set can change at run time ([`Speaker::set_peers`]); a peer whose configuration
+/// is unchanged keeps its session.
 ///
 /// Dropping it aborts every task at once (peers see the TCP connection close, no
 /// NOTIFICATION); call [`Speaker::shutdown`] for an orderly stop.
 #[derive(Debug)]
 pub struct Speaker {
     desired: watch::Sender<Arc<Rib>>,
-    control: watch::Sender<Control>,
-    peers: Vec<PeerEntry>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
     events: broadcast::Sender<BgpEvent>,
+    inner: Mutex<Inner>,
+    /// Serialises [`Speaker::set_peers`] and [`Speaker::shutdown`], which wait in between
+    /// their changes to `inner`.
+    reconfig: tokio::sync::Mutex<()>,
 }
 
 // === impl Speaker ===
@@ -163,85 +248,224 @@ pub struct Speaker {
 impl Speaker {
     /// Validates `peers`, opens the listening sockets of the passive ones, and starts a session
     /// task per peer (active peers start connecting at once). Nothing is announced until
-    /// [`Speaker::set_advertisements`].
+    /// [`Speaker::set_advertisements`]. An empty list is valid: peers can come later with
+    /// [`Speaker::set_peers`].
     ///
     /// # Errors
     /// An invalid peer (a password longer than 80 bytes included), two peers
-    /// with one address, or a listening socket that cannot be opened.
+    /// with one address, or a listening socket that cannot be opened; nothing is left
+    /// running.
     ///
     /// # Panics
     /// Outside a Tokio runtime.
     pub fn start(peers: Vec<PeerConfig>) -> Result<Speaker, BgpError> {
-        let mut seen = HashMap::new();
-        for p in &peers {
-            p.validate()?;
-            if seen.insert(p.peer_address, ()).is_some() {
-                return Err(BgpConfigError::DuplicatePeer(p.peer_address).into());
+        validate_peers(&peers)?;
+        // Open every listener before spawning anything, so a failure leaves nothing behind.
+        let mut bound = BTreeMap::new();
+        for (addr, members) in listener_groups(peers.iter()) {
+            let keys = md5_keys(members.iter().filter_map(|&i| peers.get(i)));
+            let socket =
+                bind_listener(addr, &keys).map_err(|source| BgpError::Listen { addr, source })?;
+            bound.insert(addr, (socket, keys));
+        }
+        let speaker = Speaker {
+            desired: watch::channel(Arc::new(Rib::default())).0,
+            events: broadcast::channel(256).0,
+            inner: Mutex::new(Inner::default()),
+            reconfig: tokio::sync::Mutex::new(()),
+        };
+        {
+            let mut inner = speaker.inner.lock();
+            for p in peers {
+                let status = Arc::new(Mutex::new(StatusCell::new()));
+                let (entry, task) = speaker.spawn_session(p, status, None);
+                inner.peers.push(entry);
+                inner.tasks.push(task);
+            }
+            for (addr, (socket, keys)) in bound {
+                inner.adopt_listener(addr, socket, keys);
             }
         }
-        // Open every listener before spawning anything, so a failure leaves nothing behind.
-        let mut listeners: HashMap<SocketAddr, HashMap<IpAddr, usize>> = HashMap::new();
-        for (i, p) in peers.iter().enumerate().filter(|(_, p)| p.passive) {
-            let local = p.source_address.unwrap_or(match p.peer_address {
-                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-            });
-            listeners
-                .entry(SocketAddr::new(local, p.listen_port))
-                .or_default()
-                .insert(p.peer_address, i);
-        }
-        let mut bound = Vec::with_capacity(listeners.len());
-        for (addr, routes) in listeners {
-            let keys: Vec<(IpAddr, &str)> = routes
-                .iter()
-                .filter_map(|(peer, &i)| Some((*peer, peers.get(i)?.password.as_deref()?)))
-                .collect();
-            let l =
-                bind_listener(addr, &keys).map_err(|source| BgpError::Listen { addr, source })?;
-            bound.push((l, routes));
-        }
+        Ok(speaker)
+    }
 
-        let (desired, _) = watch::channel(Arc::new(Rib::default()));
-        let (control, _) = watch::channel(Control::Run);
-        let (events, _) = broadcast::channel(256);
-        let mut tasks = Vec::new();
-        let mut entries = Vec::with_capacity(peers.len());
-        let mut inboxes = Vec::with_capacity(peers.len());
-        for p in peers {
-            let status = Arc::new(Mutex::new(StatusCell::new()));
-            let (tx, rx) = mpsc::channel(1);
-            inboxes.push(tx);
-            let fsm = Fsm::new(p.clone(), seed(&p));
-            let session = Session::new(
-                fsm,
-                desired.subscribe(),
-                control.subscribe(),
-                rx,
-                Arc::clone(&status),
-                events.clone(),
-            );
-            tasks.push(tokio::spawn(session.run()));
-            entries.push(PeerEntry { cfg: p, status });
-        }
-        for (listener, routes) in bound {
-            let routes: HashMap<IpAddr, mpsc::Sender<TcpStream>> = routes
-                .into_iter()
-                .map(|(addr, i)| (addr, inboxes[i].clone()))
+    /// Replaces the peer set with `peers` (configuration order as given), changing only what
+    /// differs from the running set, peers being told apart by address:
+    /// - a peer whose [`PeerConfig`] is equal to its running one keeps its session untouched
+    ///   (same TCP connection, no UPDATE);
+    /// - a peer no longer listed is sent NOTIFICATION Cease / Peer De-configured (RFC 4486
+    ///   subcode 3) and its session ends, so the router drops the routes it learnt from it;
+    /// - a peer with a changed configuration is sent Cease / Other Configuration Change
+    ///   (subcode 6, what BIRD sends when a reconfiguration restarts a session); a new session
+    ///   with the new configuration starts once the old one has ended, keeping the peer's
+    ///   counters ([`Speaker::peers`]);
+    /// - a new peer starts: an active one connects, a passive one is routed from the listener
+    ///   of its local (address, port), which is opened if no other passive peer uses it.
+    ///
+    /// Listeners follow the passive peers: routes and TCP MD5 keys of an open listener are
+    /// updated in place, a listener no passive peer uses any more is closed. New sessions
+    /// announce the current advertisement set once Established, as at [`Speaker::start`].
+    /// May be called before the first [`Speaker::set_advertisements`] (the set is then empty).
+    ///
+    /// The new set is in force when this returns (the stops themselves finish in the
+    /// sessions' tasks). Cancelling the call after it started waiting leaves the new peers in
+    /// force and may leave new listeners unopened; calling again with the same list finishes
+    /// the job, as it retries any listener that failed to open.
+    ///
+    /// # Errors
+    /// - [`BgpError::Config`]: an invalid peer or two peers with one address (the same rules
+    ///   as [`Speaker::start`]); nothing changed;
+    /// - [`BgpError::Listen`]: a listening socket could not be opened, or an MD5 key could
+    ///   not be set on one; everything else is applied, the passive peers behind that
+    ///   socket wait in Active with the error in their `last_error`, and the next call tries
+    ///   again;
+    /// - [`BgpError::ShutDown`]: [`Speaker::shutdown`] has run; nothing changed.
+    pub async fn set_peers(&self, peers: Vec<PeerConfig>) -> Result<(), BgpError> {
+        validate_peers(&peers)?;
+        let _serial = self.reconfig.lock().await;
+        let mut errors = Vec::new();
+        let (wanted, closing) = {
+            let mut inner = self.inner.lock();
+            if inner.stopped {
+                return Err(BgpError::ShutDown);
+            }
+            inner.tasks.retain(|t| !t.is_finished());
+            self.replace_sessions(&mut inner, peers);
+            let wanted = listener_groups(inner.peers.iter().map(|p| &p.cfg));
+            // Close what no passive peer needs any more; abort is not immediate, so the
+            // socket is only known closed once its task has been awaited below.
+            let obsolete: Vec<SocketAddr> = inner
+                .listeners
+                .keys()
+                .filter(|a| !wanted.contains_key(a))
+                .copied()
                 .collect();
-            tasks.push(tokio::spawn(accept_loop(
-                listener,
-                routes,
-                control.subscribe(),
-            )));
+            let mut closing = Vec::with_capacity(obsolete.len());
+            for addr in obsolete {
+                if let Some(l) = inner.listeners.remove(&addr) {
+                    debug!(%addr, "closing a BGP listener no passive peer uses");
+                    l.task.abort();
+                    closing.push(l.task);
+                }
+            }
+            let inner = &mut *inner;
+            for (addr, members) in &wanted {
+                if let Some(l) = inner.listeners.get_mut(addr) {
+                    if let Err(source) = update_listener(l, &inner.peers, members) {
+                        errors.push((*addr, source));
+                    }
+                    *l.routes.lock() = routes_to(&inner.peers, *addr);
+                }
+            }
+            (wanted, closing)
+        };
+        // A new listener may need the address of one just closed (a wildcard replaced by a
+        // specific address on the same port): open new ones only once the old are gone.
+        for t in closing {
+            let _ = t.await;
         }
-        Ok(Speaker {
-            desired,
+        let mut inner = self.inner.lock();
+        for (addr, members) in wanted {
+            if inner.listeners.contains_key(&addr) {
+                continue;
+            }
+            let keys = md5_keys(
+                members
+                    .iter()
+                    .filter_map(|&i| inner.peers.get(i).map(|e| &e.cfg)),
+            );
+            match bind_listener(addr, &keys) {
+                Ok(socket) => inner.adopt_listener(addr, socket, keys),
+                Err(source) => errors.push((addr, source)),
+            }
+        }
+        let mut first = None;
+        for (addr, source) in errors {
+            let e = BgpError::Listen { addr, source };
+            warn!(error = %e, "BGP listener not ready");
+            for p in inner
+                .peers
+                .iter()
+                .filter(|p| p.cfg.passive && listen_addr(&p.cfg) == addr)
+            {
+                p.status.lock().set_error(e.to_string());
+            }
+            first.get_or_insert(e);
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Moves `inner.peers` to `peers`: keeps unchanged sessions, stops removed and changed
+    /// ones, starts new ones. Listeners are left to the caller.
+    fn replace_sessions(&self, inner: &mut Inner, peers: Vec<PeerConfig>) {
+        let mut old: HashMap<IpAddr, PeerEntry> = inner
+            .peers
+            .drain(..)
+            .map(|e| (e.cfg.peer_address, e))
+            .collect();
+        let mut next = Vec::with_capacity(peers.len());
+        for cfg in peers {
+            match old.remove(&cfg.peer_address) {
+                Some(e) if e.cfg == cfg => next.push(e),
+                Some(e) => {
+                    info!(peer = %cfg.peer_address, "BGP peer changed; restarting its session");
+                    e.control
+                        .send_replace(Control::Remove(StopReason::ConfigurationChanged));
+                    let (entry, task) = self.spawn_session(cfg, e.status, Some(e.control));
+                    next.push(entry);
+                    inner.tasks.push(task);
+                }
+                None => {
+                    info!(peer = %cfg.peer_address, "BGP peer added");
+                    let status = Arc::new(Mutex::new(StatusCell::new()));
+                    let (entry, task) = self.spawn_session(cfg, status, None);
+                    next.push(entry);
+                    inner.tasks.push(task);
+                }
+            }
+        }
+        for e in old.into_values() {
+            info!(peer = %e.cfg.peer_address, "BGP peer removed");
+            // The session reads this even after the sender is gone (see `Session::run`).
+            e.control
+                .send_replace(Control::Remove(StopReason::PeerDeconfigured));
+        }
+        inner.peers = next;
+    }
+
+    /// A session task for `cfg`. With `after` (the control channel of the session it
+    /// replaces), it starts only once that session has ended, so that its NOTIFICATION is
+    /// out before the new connection is made.
+    fn spawn_session(
+        &self,
+        cfg: PeerConfig,
+        status: Arc<Mutex<StatusCell>>,
+        after: Option<watch::Sender<Control>>,
+    ) -> (PeerEntry, JoinHandle<()>) {
+        let (control, control_rx) = watch::channel(Control::Run);
+        let (inbox, incoming) = mpsc::channel(1);
+        let session = Session::new(
+            Fsm::new(cfg.clone(), seed(&cfg)),
+            self.desired.subscribe(),
+            control_rx,
+            incoming,
+            Arc::clone(&status),
+            self.events.clone(),
+        );
+        let task = tokio::spawn(async move {
+            if let Some(previous) = after {
+                previous.closed().await;
+            }
+            session.run().await;
+        });
+        let inbox = cfg.passive.then_some(inbox);
+        let entry = PeerEntry {
+            cfg,
+            status,
             control,
-            peers: entries,
-            tasks: Mutex::new(tasks),
-            events,
-        })
+            inbox,
+        };
+        (entry, task)
     }
 
     /// Replaces the set of routes to announce. Every Established session sends the difference
@@ -268,22 +492,27 @@ impl Speaker {
         self.desired.borrow().clone()
     }
 
-    /// Every peer's state and counters, in configuration order.
+    /// Every configured peer's state and counters, in configuration order (the order of the
+    /// last [`Speaker::set_peers`], or of [`Speaker::start`]).
     pub fn peers(&self) -> Vec<PeerStatus> {
         let now = Instant::now();
-        self.peers
+        self.inner
+            .lock()
+            .peers
             .iter()
             .map(|p| p.status.lock().snapshot(&p.cfg, now))
             .collect()
     }
 
-    /// State changes and NOTIFICATIONs as they happen. A receiver that falls more than 256
+    /// State changes and NOTIFICATIONs as they happen, of every session (those of removed
+    /// peers included, up to their final NOTIFICATION). A receiver that falls more than 256
     /// events behind loses the oldest (`RecvError::Lagged`).
     pub fn events(&self) -> broadcast::Receiver<BgpEvent> {
         self.events.subscribe()
     }
 
-    /// Stops every session and waits for the tasks to finish.
+    /// Stops every session (peers added by [`Speaker::set_peers`] included) and waits for the
+    /// tasks to finish. Later calls to [`Speaker::set_peers`] are refused.
     ///
     /// With `Some(wait)`, each Established session first re-announces its routes with the
     /// GRACEFUL_SHUTDOWN community 65535:0 (RFC 8326) so routers move traffic away, keeps them
@@ -291,8 +520,28 @@ impl Speaker {
     /// Shutdown. With `None` it sends the NOTIFICATION at once (routers then drop the routes).
     /// Either way the listeners close. Tasks still running `wait` + 10 s later are aborted.
     pub async fn shutdown(&self, graceful: Option<Duration>) {
-        self.control.send_replace(Control::Stop { graceful });
-        let tasks = std::mem::take(&mut *self.tasks.lock());
+        let _serial = self.reconfig.lock().await;
+        let tasks = {
+            let mut inner = self.inner.lock();
+            inner.stopped = true;
+            for p in &inner.peers {
+                p.control.send_if_modified(|c| {
+                    // A session already told to go keeps its reason.
+                    if *c == Control::Run {
+                        *c = Control::Stop { graceful };
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+            let mut tasks = std::mem::take(&mut inner.tasks);
+            for (_, l) in std::mem::take(&mut inner.listeners) {
+                l.task.abort();
+                tasks.push(l.task);
+            }
+            tasks
+        };
         let deadline = Instant::now() + graceful.unwrap_or_default() + Duration::from_secs(10);
         for mut t in tasks {
             if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
@@ -305,10 +554,104 @@ impl Speaker {
 
 impl Drop for Speaker {
     fn drop(&mut self) {
-        for t in self.tasks.get_mut().drain(..) {
+        let inner = self.inner.get_mut();
+        for t in inner.tasks.drain(..) {
             t.abort();
         }
+        for (_, l) in std::mem::take(&mut inner.listeners) {
+            l.task.abort();
+        }
     }
+}
+
+/// The checks [`Speaker::start`] and [`Speaker::set_peers`] run before changing anything.
+fn validate_peers(peers: &[PeerConfig]) -> Result<(), BgpConfigError> {
+    let mut seen = HashSet::with_capacity(peers.len());
+    for p in peers {
+        p.validate()?;
+        if !seen.insert(p.peer_address) {
+            return Err(BgpConfigError::DuplicatePeer(p.peer_address));
+        }
+    }
+    Ok(())
+}
+
+/// The local address a passive peer is accepted on: its source address (or the wildcard of
+/// its family) and its listen port.
+fn listen_addr(p: &PeerConfig) -> SocketAddr {
+    let local = p.source_address.unwrap_or(match p.peer_address {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    });
+    SocketAddr::new(local, p.listen_port)
+}
+
+/// The listeners `peers` need: local address → positions (in `peers`) of the passive peers
+/// behind it.
+fn listener_groups<'a>(
+    peers: impl Iterator<Item = &'a PeerConfig>,
+) -> BTreeMap<SocketAddr, Vec<usize>> {
+    let mut out: BTreeMap<SocketAddr, Vec<usize>> = BTreeMap::new();
+    for (i, p) in peers.enumerate().filter(|(_, p)| p.passive) {
+        out.entry(listen_addr(p)).or_default().push(i);
+    }
+    out
+}
+
+/// The MD5 keys of `peers` that have a password.
+fn md5_keys<'a>(peers: impl Iterator<Item = &'a PeerConfig>) -> HashMap<IpAddr, String> {
+    peers
+        .filter_map(|p| Some((p.peer_address, p.password.clone()?)))
+        .collect()
+}
+
+/// Which session takes the connections of each peer on the listener at `addr`.
+fn routes_to(peers: &[PeerEntry], addr: SocketAddr) -> HashMap<IpAddr, mpsc::Sender<TcpStream>> {
+    peers
+        .iter()
+        .filter(|p| p.cfg.passive && listen_addr(&p.cfg) == addr)
+        .filter_map(|p| Some((p.cfg.peer_address, p.inbox.clone()?)))
+        .collect()
+}
+
+/// Brings the MD5 keys of an open listener in line with the passive peers `members` (indices
+/// into `peers`). `l.keys` records what the kernel has, so a failed step is retried next time.
+fn update_listener(l: &mut Listener, peers: &[PeerEntry], members: &[usize]) -> io::Result<()> {
+    use std::os::fd::AsFd as _;
+
+    let want = md5_keys(members.iter().filter_map(|&i| peers.get(i).map(|e| &e.cfg)));
+    let fd = l.socket.as_fd();
+    let stale: Vec<IpAddr> = l
+        .keys
+        .keys()
+        .filter(|p| !want.contains_key(p))
+        .copied()
+        .collect();
+    let mut result = Ok(());
+    for peer in stale {
+        match sluice_dataplane::io::sockopt::set_tcp_md5sig(fd, peer, b"") {
+            // ENOENT: the kernel has no key for that peer; the goal is reached either way.
+            Ok(()) => {
+                l.keys.remove(&peer);
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                l.keys.remove(&peer);
+            }
+            Err(e) => result = Err(e),
+        }
+    }
+    for (peer, key) in want {
+        if l.keys.get(&peer) == Some(&key) {
+            continue;
+        }
+        match sluice_dataplane::io::sockopt::set_tcp_md5sig(fd, peer, key.as_bytes()) {
+            Ok(()) => {
+                l.keys.insert(peer, key);
+            }
+            Err(e) => result = Err(e),
+        }
+    }
+    result
 }
 
 /// A per-peer jitter seed: fixed for a given router id and peer, different between peers.
@@ -326,7 +669,7 @@ fn seed(p: &PeerConfig) -> u64 {
 }
 
 /// A listening socket on `addr`, with the TCP MD5 key of each passive peer that has one.
-fn bind_listener(addr: SocketAddr, keys: &[(IpAddr, &str)]) -> io::Result<TcpListener> {
+fn bind_listener(addr: SocketAddr, keys: &HashMap<IpAddr, String>) -> io::Result<TcpListener> {
     use std::os::fd::AsFd as _;
 
     use socket2::{Domain, Protocol, Socket, Type};
@@ -346,36 +689,100 @@ fn bind_listener(addr: SocketAddr, keys: &[(IpAddr, &str)]) -> io::Result<TcpLis
 }
 
 /// Hands each accepted connection to the passive session of its source address; closes the
-/// others.
-async fn accept_loop(
-    listener: TcpListener,
-    routes: HashMap<IpAddr, mpsc::Sender<TcpStream>>,
-    mut control: watch::Receiver<Control>,
-) {
+/// others. Runs until aborted.
+async fn accept_loop(listener: Arc<TcpListener>, routes: Routes) {
     loop {
-        tokio::select! {
-            r = control.changed() => {
-                if r.is_err() || matches!(*control.borrow_and_update(), Control::Stop { .. }) {
-                    return;
+        match listener.accept().await {
+            Ok((stream, from)) => {
+                let ip = from.ip().to_canonical();
+                let inbox = routes.lock().get(&ip).cloned();
+                match inbox {
+                    Some(tx) => {
+                        if tx.try_send(stream).is_err() {
+                            debug!(%from, "BGP session busy; closing the new connection");
+                        }
+                    }
+                    None => debug!(%from, "connection from an unconfigured BGP peer; closing"),
                 }
             }
-            r = listener.accept() => match r {
-                Ok((stream, from)) => {
-                    let ip = from.ip().to_canonical();
-                    match routes.get(&ip) {
-                        Some(tx) => {
-                            if tx.try_send(stream).is_err() {
-                                debug!(%from, "BGP session busy; closing the new connection");
-                            }
-                        }
-                        None => debug!(%from, "connection from an unconfigured BGP peer; closing"),
-                    }
-                }
-                Err(e) => {
-                    warn!(error = %e, "BGP accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
+            Err(e) => {
+                warn!(error = %e, "BGP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(addr: &str, source: Option<&str>, port: u16, passive: bool) -> PeerConfig {
+        PeerConfig {
+            source_address: source.map(|s| s.parse().unwrap()),
+            listen_port: port,
+            passive,
+            ..PeerConfig::new(
+                64513,
+                64512,
+                addr.parse().unwrap(),
+                "192.0.2.2".parse().unwrap(),
+            )
+        }
+    }
+
+    #[test]
+    fn passive_peers_share_one_listener_per_local_address() {
+        let peers = [
+            peer("192.0.2.1", Some("192.0.2.2"), 179, true),
+            peer("192.0.2.3", None, 179, false), // active: no listener
+            peer("192.0.2.4", Some("192.0.2.2"), 179, true),
+            peer("192.0.2.5", None, 179, true),
+            peer("2001:db8::1", None, 1179, true),
+        ];
+        let groups = listener_groups(peers.iter());
+        let want: BTreeMap<SocketAddr, Vec<usize>> = [
+            ("0.0.0.0:179".parse().unwrap(), vec![3]),
+            ("192.0.2.2:179".parse().unwrap(), vec![0, 2]),
+            ("[::]:1179".parse().unwrap(), vec![4]),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(groups, want);
+    }
+
+    #[test]
+    fn validation_refuses_duplicates_and_bad_peers() {
+        let a = peer("192.0.2.1", None, 179, true);
+        assert!(validate_peers(&[]).is_ok());
+        assert_eq!(
+            validate_peers(&[a.clone(), peer("192.0.2.1", None, 1179, false)]),
+            Err(BgpConfigError::DuplicatePeer(a.peer_address))
+        );
+        let bad = PeerConfig {
+            connect_retry: Duration::ZERO,
+            ..peer("192.0.2.9", None, 179, false)
+        };
+        assert!(matches!(
+            validate_peers(&[a, bad]),
+            Err(BgpConfigError::BadConnectRetry { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn debug_output_never_shows_md5_keys() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let cfg = PeerConfig {
+            password: Some("s3cret-md5-key".into()),
+            ..peer("127.0.0.2", Some("127.0.0.1"), port, true)
+        };
+        let speaker = Speaker::start(vec![cfg]).unwrap();
+        let text = format!("{speaker:?}");
+        assert!(text.contains("127.0.0.2"), "{text}");
+        assert!(!text.contains("s3cret-md5-key"), "{text}");
+        speaker.shutdown(None).await;
     }
 }

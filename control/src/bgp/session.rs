@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 
 use super::codec::{DecodeError, Received, SessionCodec};
 use super::config::{GRACEFUL_SHUTDOWN, PeerConfig, Rib, RouteAttrs};
-use super::fsm::{Action, Event, Fsm, State, Timer};
+use super::fsm::{Action, Event, Fsm, State, StopReason, Timer};
 use super::message::{
     UpdateParams, announce, build_open, describe_notification, end_of_rib, notification_codes,
     prefix_counts, withdraw,
@@ -46,16 +46,19 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closed connection is drained before it is dropped.
 const LINGER: Duration = Duration::from_secs(2);
 
-/// What the speaker tells its tasks.
+/// What the speaker tells a session (each session has its own channel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Control {
     /// Keep going.
     Run,
-    /// Stop; with `Some(wait)`, drain first (RFC 8326).
+    /// The speaker shuts down; with `Some(wait)`, drain first (RFC 8326).
     Stop {
         /// How long routes stay up with GRACEFUL_SHUTDOWN before they are withdrawn.
         graceful: Option<Duration>,
     },
+    /// The peer left the configuration or changed: stop at once (no drain) with this Cease
+    /// subcode.
+    Remove(StopReason),
 }
 
 /// Counters and state one session publishes for [`Speaker::peers`](super::Speaker::peers).
@@ -87,6 +90,11 @@ impl StatusCell {
             notifications_received: 0,
             malformed_attributes: 0,
         }
+    }
+
+    /// Records a problem found outside the session (a listener that cannot be opened).
+    pub(crate) fn set_error(&mut self, text: String) {
+        self.last_error = Some(text);
     }
 
     pub(crate) fn snapshot(&self, cfg: &PeerConfig, now: Instant) -> PeerStatus {
@@ -174,11 +182,15 @@ impl Session {
         self.fsm.config().peer_address
     }
 
-    /// Runs until the speaker stops it (or is dropped).
+    /// Runs until the speaker stops it (or is dropped). A session told to stop before it
+    /// ran never starts.
     pub(crate) async fn run(mut self) {
+        if *self.control.borrow_and_update() != Control::Run {
+            return;
+        }
         info!(peer = %self.peer(), passive = self.fsm.config().passive, "BGP session starting");
         self.handle(Event::Start).await;
-        loop {
+        let reason = loop {
             let input = self.next_input().await;
             match input {
                 Input::Event(e) => self.handle(e).await,
@@ -192,6 +204,7 @@ impl Session {
                     let c = *self.control.borrow_and_update();
                     match c {
                         Control::Run => {}
+                        Control::Remove(reason) => break reason,
                         Control::Stop {
                             graceful: Some(wait),
                         } if self.fsm.state() == State::Established && self.draining.is_none() => {
@@ -200,24 +213,28 @@ impl Session {
                             self.sync_or_fail().await;
                         }
                         Control::Stop { .. } if self.draining.is_some() => {}
-                        Control::Stop { .. } => break,
+                        Control::Stop { .. } => break StopReason::Shutdown,
                     }
                 }
                 Input::DrainDone => {
                     info!(peer = %self.peer(), "graceful shutdown: withdrawing");
                     self.withdraw_all = true;
                     self.sync_or_fail().await;
-                    break;
+                    break StopReason::Shutdown;
                 }
-                Input::SpeakerGone => break,
+                Input::SpeakerGone => match *self.control.borrow() {
+                    Control::Remove(reason) => break reason,
+                    Control::Run | Control::Stop { .. } => break StopReason::Shutdown,
+                },
                 Input::Nothing => {}
             }
             if self.draining.is_some() && self.fsm.state() != State::Established {
-                break; // the session dropped while draining: nothing left to drain
+                // The session dropped while draining: nothing left to drain.
+                break StopReason::Shutdown;
             }
-        }
-        self.handle(Event::Stop).await;
-        info!(peer = %self.peer(), "BGP session stopped");
+        };
+        self.handle(Event::Stop(reason)).await;
+        info!(peer = %self.peer(), ?reason, "BGP session stopped");
     }
 
     async fn next_input(&mut self) -> Input {
