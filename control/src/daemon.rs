@@ -202,6 +202,8 @@ pub struct Daemon {
     clock: Clock,
     /// How long a blocked publication is retried before it is reported. Default 5 s.
     pub retry_budget: Duration,
+    /// Peer names by address (the file's and the cluster's), for the event log.
+    peer_names: Arc<parking_lot::Mutex<BTreeMap<std::net::IpAddr, String>>>,
     /// Seconds from the first attempt to publish a generation until the writer accepted it
     /// (would-block retries included; acks are not awaited). Shared with the metrics server.
     pub publish_seconds: Histogram,
@@ -247,7 +249,8 @@ impl Daemon {
         publisher.adopt(&writer);
         let (tx, transitions) = mpsc::channel(256);
         let file_seen = std::fs::read(&config).ok();
-        let speaker = if desired.bgp.peers.is_empty() {
+        // With Kubernetes, peers may arrive later (BGPPeer objects): start an empty speaker.
+        let speaker = if desired.bgp.peers.is_empty() && desired.kubernetes.is_none() {
             None
         } else {
             let peers = desired.bgp.peers.iter().map(|p| p.config.clone()).collect();
@@ -274,19 +277,16 @@ impl Daemon {
             clock,
             retry_budget: Duration::from_secs(5),
             publish_seconds,
+            peer_names: Arc::default(),
         };
+        d.peer_names_update();
         let applied = d.publish().await?;
         d.checker.set_targets(health::targets(&d.file));
         if let Some(speaker) = &d.speaker {
             tokio::spawn(forward_bgp_events(
                 speaker.events(),
                 Arc::clone(&d.events),
-                d.file
-                    .bgp
-                    .peers
-                    .iter()
-                    .map(|p| (p.config.peer_address, p.name.clone()))
-                    .collect(),
+                Arc::clone(&d.peer_names),
             ));
         }
         d.events.emit(
@@ -459,8 +459,59 @@ impl Daemon {
         if r.is_err() {
             self.merged = previous_merged;
             self.overrides = kept;
+            return r;
+        }
+        if self.merged.bgp.peers != previous_merged.bgp.peers {
+            self.peer_names_update();
+            if self.speaker.is_none() {
+                // The first peers of a daemon that started without any.
+                match Speaker::start(Vec::new()) {
+                    Ok(speaker) => {
+                        tokio::spawn(forward_bgp_events(
+                            speaker.events(),
+                            Arc::clone(&self.events),
+                            Arc::clone(&self.peer_names),
+                        ));
+                        self.speaker = Some(speaker);
+                    }
+                    Err(e) => tracing::error!(error = %e, "BGP speaker could not start"),
+                }
+            }
+            if let Some(speaker) = &self.speaker {
+                let peers = self
+                    .merged
+                    .bgp
+                    .peers
+                    .iter()
+                    .map(|p| p.config.clone())
+                    .collect();
+                match speaker.set_peers(peers).await {
+                    Ok(()) => {
+                        let names: Vec<&str> = self
+                            .merged
+                            .bgp
+                            .peers
+                            .iter()
+                            .map(|p| p.name.as_str())
+                            .collect();
+                        tracing::info!(peers = ?names, "BGP peers changed");
+                    }
+                    Err(e) => tracing::error!(error = %e, "BGP peers refused by the speaker"),
+                }
+            }
         }
         r
+    }
+
+    /// Refreshes the peer names the event log uses.
+    fn peer_names_update(&self) {
+        *self.peer_names.lock() = self
+            .merged
+            .bgp
+            .peers
+            .iter()
+            .map(|p| (p.config.peer_address, p.name.clone()))
+            .collect();
     }
 
     async fn log_cluster(&mut self, cluster: Arc<Cluster>) {
@@ -728,7 +779,7 @@ impl Daemon {
                     .into_iter()
                     .map(|p| {
                         let name = self
-                            .file
+                            .merged
                             .bgp
                             .peers
                             .iter()
@@ -941,10 +992,16 @@ impl Daemon {
 async fn forward_bgp_events(
     mut rx: tokio::sync::broadcast::Receiver<bgp::BgpEvent>,
     events: Arc<Events>,
-    names: BTreeMap<std::net::IpAddr, String>,
+    names: Arc<parking_lot::Mutex<BTreeMap<std::net::IpAddr, String>>>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
-    let name = |a: &std::net::IpAddr| names.get(a).cloned().unwrap_or_else(|| a.to_string());
+    let name = |a: &std::net::IpAddr| {
+        names
+            .lock()
+            .get(a)
+            .cloned()
+            .unwrap_or_else(|| a.to_string())
+    };
     loop {
         let message = match rx.recv().await {
             Ok(bgp::BgpEvent::StateChanged { peer, from, to }) => format!(

@@ -1,8 +1,8 @@
 //! Kubernetes, end to end with real processes: the API stand-in (`sluice-kube-standin`, a real
 //! HTTP server with the API's semantics), `sluice-control` reconciling from it, the real
 //! `sluice-dataplane` forwarding real TCP to real servers in the namespace testbed, and BIRD 2
-//! peering with control. Pools and the BGP advertisement are CRDs (`sluice.io`, MetalLB's
-//! field names); the Service and its EndpointSlice are what Kubernetes would write:
+//! peering with control. The pool, the BGP peer and the BGP advertisement are CRDs
+//! (`sluice.io`, MetalLB's field names; the peer reaches the speaker at run time); the Service and its EndpointSlice are what Kubernetes would write:
 //!
 //! 1. a new LoadBalancer Service gets the pool's address in `status.loadBalancer.ingress`, and
 //!    the dataplane forwards to its ready endpoints (NAT, port 80 → target port 8080) — the
@@ -46,6 +46,7 @@ use sluice_testbed::{
 const TARGET_PORT: u16 = 8080;
 const PREFIX: &str = "10.90.0.100/32";
 const WEB: &str = "default/web:80/tcp@10.90.0.100";
+const WEB6: &str = "default/web:80/tcp@fd90::100";
 
 /// The test's kube calls, run on a runtime of the test thread (inside the client namespace).
 struct Kube {
@@ -70,10 +71,14 @@ impl Kube {
     }
 
     fn crd(&self, kind: &str, plural: &str) -> Api<DynamicObject> {
+        self.crd_versioned(kind, plural, "v1beta1")
+    }
+
+    fn crd_versioned(&self, kind: &str, plural: &str, version: &str) -> Api<DynamicObject> {
         let ar = ApiResource {
             group: "sluice.io".into(),
-            version: "v1beta1".into(),
-            api_version: "sluice.io/v1beta1".into(),
+            version: version.into(),
+            api_version: format!("sluice.io/{version}"),
             kind: kind.into(),
             plural: plural.into(),
         };
@@ -137,17 +142,25 @@ fn service(name: &str, annotations: Value) -> Value {
             "loadBalancerClass": "sluice.io/lb",
             "selector": { "app": name },
             "ports": [ { "name": "http", "port": 80, "protocol": "TCP", "targetPort": TARGET_PORT } ],
+            "ipFamilyPolicy": "PreferDualStack",
+            "ipFamilies": ["IPv4", "IPv6"],
         },
     })
 }
 
-/// The EndpointSlice of `web`: `(backend index, ready, serving, terminating)`.
-fn slice(endpoints: &[(usize, bool, bool, bool)]) -> Value {
+/// An EndpointSlice of `web` for one family (`"IPv4"`, `"IPv6"`):
+/// `(backend index, ready, serving, terminating)`.
+fn slice(family: &str, endpoints: &[(usize, bool, bool, bool)]) -> Value {
     let eps: Vec<Value> = endpoints
         .iter()
         .map(|&(i, ready, serving, terminating)| {
+            let a = if family == "IPv4" {
+                addr::backend4(i)
+            } else {
+                addr::backend6(i)
+            };
             json!({
-                "addresses": [addr::backend4(i)],
+                "addresses": [a],
                 "conditions": { "ready": ready, "serving": serving, "terminating": terminating },
                 "nodeName": "lb1",
             })
@@ -156,30 +169,37 @@ fn slice(endpoints: &[(usize, bool, bool, bool)]) -> Value {
     json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {
-            "name": "web-abcde", "namespace": "default",
+            "name": format!("web-{}", family.to_lowercase()), "namespace": "default",
             "labels": { "kubernetes.io/service-name": "web" },
         },
-        "addressType": "IPv4",
+        "addressType": family,
         "ports": [ { "name": "http", "port": TARGET_PORT, "protocol": "TCP" } ],
         "endpoints": eps,
     })
 }
 
-fn set_slice(k: &Kube, endpoints: &[(usize, bool, bool, bool)]) {
-    k.rt.block_on(k.slices().patch(
-        "web-abcde",
-        &PatchParams::default(),
-        &Patch::Merge(&slice(endpoints)),
-    ))
-    .expect("patch slice");
+/// Sets both of `web`'s EndpointSlices (IPv4 and IPv6) to `endpoints`.
+fn set_slices(k: &Kube, endpoints: &[(usize, bool, bool, bool)]) {
+    for family in ["IPv4", "IPv6"] {
+        k.rt.block_on(k.slices().patch(
+            &format!("web-{}", family.to_lowercase()),
+            &PatchParams::default(),
+            &Patch::Merge(&slice(family, endpoints)),
+        ))
+        .expect("patch slice");
+    }
 }
 
-/// Short connections through the VIP; all must succeed. Returns the spread.
+/// Short connections through the IPv4 VIP; all must succeed. Returns the spread.
 fn traffic(tb: &OneArm, connections: usize) -> BTreeMap<String, usize> {
+    traffic_to(tb, &format!("{}:80", addr::VIP4), connections)
+}
+
+/// Short connections to `target`; all must succeed. Returns the spread.
+fn traffic_to(tb: &OneArm, target: &str, connections: usize) -> BTreeMap<String, usize> {
     let n = connections.to_string();
     let args = ["--connections", &n, "--size", "300", "--concurrency", "4"];
-    let target = format!("{}:80", addr::VIP4);
-    let out = run_client(&tb.client, &target, &args, Duration::from_secs(120)).expect("client");
+    let out = run_client(&tb.client, target, &args, Duration::from_secs(120)).expect("client");
     let (ok, failed, per) = client_result(&out).expect("RESULT line");
     assert_eq!((ok, failed), (connections, 0), "{out}");
     println!("spread of {connections}: {per:?}");
@@ -309,7 +329,7 @@ fn services_and_endpoints_from_kubernetes_are_forwarded_announced_and_withdrawn(
         json!({
             "apiVersion": "sluice.io/v1beta1", "kind": "IPAddressPool",
             "metadata": { "name": "web", "namespace": "sluice-system" },
-            "spec": { "addresses": [PREFIX] },
+            "spec": { "addresses": [PREFIX, "fd90::100/128"] },
         }),
     );
     k.create(
@@ -320,6 +340,20 @@ fn services_and_endpoints_from_kubernetes_are_forwarded_announced_and_withdrawn(
             "spec": {
                 "ipAddressPools": ["web"],
                 "communities": ["64512:200"],
+                "nodeSelectors": [ { "matchLabels": { "sluice.io/lb": "true" } } ],
+            },
+        }),
+    );
+
+    k.create(
+        &k.crd_versioned("BGPPeer", "bgppeers", "v1beta2"),
+        json!({
+            "apiVersion": "sluice.io/v1beta2", "kind": "BGPPeer",
+            "metadata": { "name": "router", "namespace": "sluice-system" },
+            "spec": {
+                "myASN": 64512, "peerASN": 64500,
+                "peerAddress": "127.0.0.1", "sourceAddress": "127.0.0.2",
+                "holdTime": "9s",
                 "nodeSelectors": [ { "matchLabels": { "sluice.io/lb": "true" } } ],
             },
         }),
@@ -336,15 +370,15 @@ fn services_and_endpoints_from_kubernetes_are_forwarded_announced_and_withdrawn(
         kubeconfig.display(),
     );
     for i in 0..4 {
+        let mac = addr::mac_str(addr::backend_host(i));
         config += &format!(
-            "\n[[kubernetes.next_hops]]\nprefix = \"{}/32\"\nmac = \"{}\"\n",
+            "\n[[kubernetes.next_hops]]\nprefix = \"{}/32\"\nmac = \"{mac}\"\n\
+             \n[[kubernetes.next_hops]]\nprefix = \"{}/128\"\nmac = \"{mac}\"\n",
             addr::backend4(i),
-            addr::mac_str(addr::backend_host(i))
+            addr::backend6(i),
         );
     }
-    config += "\n[bgp]\ngraceful_shutdown_wait = \"1s\"\n\n\
-               [[bgp.peers]]\nname = \"router\"\nmy_asn = 64512\npeer_asn = 64500\n\
-               peer_address = \"127.0.0.1\"\nsource_address = \"127.0.0.2\"\nhold_time = \"9s\"\n";
+    config += "\n[bgp]\ngraceful_shutdown_wait = \"1s\"\n";
     std::fs::write(&cfg, &config).expect("config");
     let mut control_cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-control"));
     control_cmd
@@ -384,14 +418,13 @@ fn services_and_endpoints_from_kubernetes_are_forwarded_announced_and_withdrawn(
 
     // 1. A new Service with three ready endpoints: address, forwarding, route.
     let created = Instant::now();
-    k.create(
-        &k.slices(),
-        slice(&[
-            (0, true, true, false),
-            (1, true, true, false),
-            (2, true, true, false),
-        ]),
-    );
+    let three = [
+        (0, true, true, false),
+        (1, true, true, false),
+        (2, true, true, false),
+    ];
+    k.create(&k.slices(), slice("IPv4", &three));
+    k.create(&k.slices(), slice("IPv6", &three));
     k.create(&k.services(), service("web", json!({})));
     wait_for("web published", Duration::from_secs(30), || {
         ctl(&socket, &["services"])
@@ -414,13 +447,25 @@ fn services_and_endpoints_from_kubernetes_are_forwarded_announced_and_withdrawn(
         "… and the first connection answered: {:?}",
         created.elapsed()
     );
-    assert_eq!(k.ingress("web"), [addr::VIP4]);
+    assert_eq!(k.ingress("web"), [addr::VIP4, addr::VIP6], "dual-stack");
     let spread = traffic(&tb, 60);
     assert_eq!(
         spread.keys().map(String::as_str).collect::<Vec<_>>(),
         ["b1", "b2", "b3"],
         "ready endpoints only"
     );
+    wait_for(
+        "web's IPv6 service published",
+        Duration::from_secs(30),
+        || {
+            ctl(&socket, &["services"])
+                .to_string()
+                .contains(WEB6)
+                .then_some(())
+        },
+    );
+    let spread = traffic_to(&tb, &format!("[{}]:80", addr::VIP6), 40);
+    assert_eq!(spread.len(), 3, "IPv6 too: {spread:?}");
     let (out, _) = wait_route(
         &tb.client,
         &bird_sock,
@@ -443,7 +488,7 @@ fn services_and_endpoints_from_kubernetes_are_forwarded_announced_and_withdrawn(
     );
 
     // 2. Scale up (b4 joins), then down (b1 leaves).
-    set_slice(
+    set_slices(
         &k,
         &[
             (0, true, true, false),
@@ -455,7 +500,7 @@ fn services_and_endpoints_from_kubernetes_are_forwarded_announced_and_withdrawn(
     wait_states(&socket, "b4 joined", |s| s.len() == 4);
     let spread = traffic(&tb, 80);
     assert_eq!(spread.len(), 4, "all four serve: {spread:?}");
-    set_slice(
+    set_slices(
         &k,
         &[
             (1, true, true, false),
@@ -479,7 +524,7 @@ fn services_and_endpoints_from_kubernetes_are_forwarded_announced_and_withdrawn(
         .stderr(Stdio::piped());
     let long = Proc::spawn("long-lived tb-client", &mut long_cmd).expect("long client");
     std::thread::sleep(Duration::from_millis(500));
-    set_slice(
+    set_slices(
         &k,
         &[
             (1, false, true, true),
@@ -552,6 +597,6 @@ fn services_and_endpoints_from_kubernetes_are_forwarded_announced_and_withdrawn(
     wait_for(
         "waiting to get the freed address",
         Duration::from_secs(30),
-        || (k.ingress("waiting") == [addr::VIP4]).then_some(()),
+        || (k.ingress("waiting") == [addr::VIP4, addr::VIP6]).then_some(()),
     );
 }

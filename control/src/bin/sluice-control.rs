@@ -88,7 +88,7 @@ async fn run(opt: Opt, desired: sluice_control::config::Desired) -> anyhow::Resu
     let listener = metrics::bind(listen).await?;
     let api_listeners = api::bind(&desired.api).await?;
     // A planned stop first announces with GRACEFUL_SHUTDOWN for this long (RFC 8326).
-    let bgp_wait = if desired.bgp.peers.is_empty() {
+    let bgp_wait = if desired.bgp.peers.is_empty() && desired.kubernetes.is_none() {
         Duration::ZERO
     } else {
         desired.bgp.graceful_shutdown_wait + Duration::from_secs(10)
