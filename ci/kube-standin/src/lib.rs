@@ -60,7 +60,7 @@
 //!   `allowWatchBookmarks=true`): the streaming list — `ADDED` for each current object, then a
 //!   `BOOKMARK` annotated `k8s.io/initial-events-end: "true"`, then changes;
 //! - `allowWatchBookmarks=true`: a `BOOKMARK` (only `kind`, `apiVersion` and
-//!   `metadata.resourceVersion`) every `bookmark_interval` while idle; its version is one up to
+//!   `metadata.resourceVersion`) every [`Options::bookmark_interval`]; its version is one up to
 //!   which every matching change has been sent;
 //! - selectors apply to changes as in the watch cache: an object modified into the selection
 //!   arrives as `ADDED`, one modified out of it as `DELETED` (its previous content at the new
@@ -135,6 +135,26 @@
 //!   is ignored (the old watch-cache behaviour).
 //! - Memory: the history keeps every version it covers (each change holds its object and the
 //!   one before, shared with the table), so memory grows with `history_window` × object size.
+//!
+//! # Notes for tests
+//!
+//! - kube-rs' `watcher` (default `ListWatch`) sends `GET …?limit=500` (no `resourceVersion`:
+//!   kube-rs drops `resourceVersion=0` when a limit is set), then `continue` pages, then
+//!   `?watch=true&timeoutSeconds=290&allowWatchBookmarks=true&resourceVersion=<list RV>`; after
+//!   a stream ends it re-watches from the last event or bookmark version, and after `410` it
+//!   relists. With `streaming_lists()` it sends one
+//!   `?watch=true&…&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&resourceVersion=0`.
+//! - To simulate an apiserver restart that loses history, call [`Handle::compact`] then
+//!   [`Handle::close_watches`]; do the writes that the client must "miss" through the
+//!   [`Handle`] (synchronous) before them, with no `.await` in between, so no watch event can
+//!   slip out first.
+//! - kube-rs retries `429`/`503`/`504` itself (15 times, with back-off); a read at a version
+//!   the store never reaches therefore stalls a default client for minutes. Set
+//!   `Config::default_retry = false` where a test wants to see the `504`.
+//! - 10 000 `LoadBalancer` Services need `allocateLoadBalancerNodePorts: false`: the node port
+//!   range holds 2768 ports, here as in a cluster.
+//! - A restarted binary starts from an empty store and `resourceVersion` 2; clients holding a
+//!   higher version wait for it (and get `504`), so restart the clients with it.
 #![forbid(unsafe_code)]
 
 mod error;

@@ -100,6 +100,21 @@ pub(crate) fn metadata(obj: &Value) -> Option<&Map<String, Value>> {
     obj.get("metadata").and_then(Value::as_object)
 }
 
+/// Drops what Go's `omitempty` on `ObjectMeta` drops: nulls, empty strings, and empty
+/// label/annotation maps and finalizer/ownerReference/managedFields lists. The real server
+/// round-trips metadata through its Go type, so a client never reads back `finalizers: []`
+/// (kube-rs' finalizer helper relies on that: it tests `/metadata/finalizers` for null).
+pub(crate) fn normalize_metadata(obj: &mut Value) {
+    let meta = metadata_mut(obj);
+    meta.retain(|_, v| match v {
+        Value::Null => false,
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(m) => !m.is_empty(),
+        _ => true,
+    });
+}
+
 /// `obj.metadata`, created if missing or not an object.
 pub(crate) fn metadata_mut(obj: &mut Value) -> &mut Map<String, Value> {
     let root = ensure_object(obj);

@@ -2,6 +2,7 @@
 //! that map the REST paths and query parameters of the Kubernetes API onto the store.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -59,7 +60,6 @@ impl Default for Options {
 }
 
 /// State shared by the handlers, the watches and the [`Handle`].
-#[derive(Debug)]
 pub(crate) struct Shared {
     pub store: Mutex<Store>,
     /// The newest committed version; watches wait on it.
@@ -74,6 +74,16 @@ pub(crate) struct Shared {
 }
 
 // === impl Shared ===
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The store can hold tens of thousands of objects: show a summary.
+        f.debug_struct("Shared")
+            .field("resource_version", &*self.rv_tx.borrow())
+            .field("open_watches", &self.open_watches.load(Ordering::SeqCst))
+            .finish_non_exhaustive()
+    }
+}
 
 impl Shared {
     /// Runs `f` under the store lock and wakes the watches if it committed anything.
@@ -215,8 +225,10 @@ impl Handle {
     }
 
     /// Creates an object as a `POST` would (same defaults, validation and watch events),
-    /// resolving the resource from `apiVersion` and `kind`. A namespaced object without
-    /// `metadata.namespace` goes to `default`. Returns the stored object.
+    /// resolving the resource from `apiVersion` and `kind` ([`ResourceId::for_kind`]). A
+    /// built-in namespaced object without `metadata.namespace` goes to `default`; a custom
+    /// resource not seen before is namespaced if it has `metadata.namespace`, cluster-scoped
+    /// if not. Returns the stored object.
     ///
     /// # Errors
     ///
@@ -602,7 +614,7 @@ fn decode_continue(token: &str) -> Result<(u64, String), ApiError> {
     let bad = || {
         ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion")
     };
-    if token.len() % 2 != 0 {
+    if !token.len().is_multiple_of(2) {
         return Err(bad());
     }
     let bytes: Option<Vec<u8>> = (0..token.len())

@@ -19,7 +19,8 @@ use serde_json::{Map, Value, json};
 
 use crate::error::{ApiError, FieldError, qualify};
 use crate::meta::{
-    Ids, ensure_object, field_string, finalizers, meta_str, metadata, metadata_mut, now_rfc3339,
+    Ids, ensure_object, field_string, finalizers, meta_str, metadata, metadata_mut,
+    normalize_metadata, now_rfc3339,
 };
 use crate::resource::{self, Builtin, Resolved, ResourceId, builtin, guess_kind};
 use crate::selector::{FieldSelector, LabelSelector};
@@ -557,6 +558,7 @@ impl Store {
         };
         metadata_mut(&mut obj).insert("name".into(), json!(name));
         strategy::on_create(res, &mut obj);
+        normalize_metadata(&mut obj);
         let errs = strategy::validate(res, &obj, None);
         if !errs.is_empty() {
             return Err(Self::invalid(res, &name, &errs));
@@ -735,8 +737,18 @@ impl Store {
             PatchType::Json => {
                 let ops: json_patch::Patch = serde_json::from_value(patch)
                     .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-                json_patch::patch(&mut doc, &ops)
-                    .map_err(|e| ApiError::unprocessable(e.to_string()))?;
+                for op in &ops.0 {
+                    // The apiserver's JSON patch library lets a `test` for null pass on a
+                    // missing path (kube-rs' finalizer helper sends exactly that).
+                    if let json_patch::PatchOperation::Test(t) = op
+                        && t.value.is_null()
+                        && doc.pointer(t.path.as_str()).is_none()
+                    {
+                        continue;
+                    }
+                    json_patch::patch(&mut doc, std::slice::from_ref(op))
+                        .map_err(|e| ApiError::unprocessable(e.to_string()))?;
+                }
             }
             PatchType::Merge | PatchType::Strategic | PatchType::Apply => {
                 json_patch::merge(&mut doc, &patch)
@@ -834,6 +846,7 @@ impl Store {
             }
         }
         strategy::on_update(res, &old, &mut next);
+        normalize_metadata(&mut next);
         let errs = strategy::validate(res, &next, Some(&old));
         if !errs.is_empty() {
             return Err(Self::invalid(res, &name, &errs));

@@ -1102,8 +1102,16 @@ async fn errors_are_status_objects() {
             .await,
     );
     assert_eq!(e.code, 422);
-    let e = status(client.request::<Value>(raw("GET", "/api/v1/namespaces/default/services?resourceVersion=999999&resourceVersionMatch=NotOlderThan", "application/json", "")).await);
+    // A version the store has not reached: 504 after the server's wait (kube-rs would retry it).
+    let impatient = common::client_without_retry(&api).await;
+    let e = status(impatient.request::<Value>(raw("GET", "/api/v1/namespaces/default/services?resourceVersion=999999&resourceVersionMatch=NotOlderThan", "application/json", "")).await);
     assert_eq!((e.code, e.reason.as_str()), (504, "Timeout"));
+    assert!(
+        e.message
+            .starts_with("Timeout: Too large resource version: 999999, current: "),
+        "{}",
+        e.message
+    );
     let e = status(
         client
             .request::<Value>(raw(
@@ -1141,4 +1149,175 @@ async fn dry_run_writes_nothing() {
             .is_none()
     );
     assert!(api.list(&ResourceId::services(), None).is_empty());
+}
+
+#[tokio::test]
+async fn kube_runtime_finalizer_helper() {
+    use std::sync::Arc;
+
+    use kube::runtime::controller::Action;
+    use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+
+    let (_api, client) = standin().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client, "default");
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "tracked"}})).unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let run = |obj: ConfigMap| {
+        let cms = cms.clone();
+        async move {
+            finalizer(&cms, "sluice.io/cleanup", Arc::new(obj), |ev| async move {
+                let what = match ev {
+                    Finalizer::Apply(_) => "apply",
+                    Finalizer::Cleanup(_) => "cleanup",
+                };
+                println!("finalizer event: {what}");
+                Ok::<_, kube::Error>(Action::await_change())
+            })
+            .await
+            .map_err(|e| e.to_string())
+        }
+    };
+    // First pass adds the finalizer (a JSON patch testing /metadata/finalizers for null).
+    run(cms.get("tracked").await.unwrap()).await.unwrap();
+    assert_eq!(
+        cms.get("tracked").await.unwrap().finalizers(),
+        ["sluice.io/cleanup"]
+    );
+    run(cms.get("tracked").await.unwrap()).await.unwrap();
+    // Delete: the object stays until cleanup removes the finalizer.
+    cms.delete("tracked", &DeleteParams::default())
+        .await
+        .unwrap();
+    let deleting = cms.get("tracked").await.unwrap();
+    assert!(deleting.metadata.deletion_timestamp.is_some());
+    run(deleting).await.unwrap();
+    let e = api_error(cms.get("tracked").await.unwrap_err());
+    assert_eq!(e.code, 404);
+}
+
+/// Every verb once on one kind: create, get, list, replace, merge/JSON/apply patches, delete.
+async fn every_verb<K>(api: &Api<K>, obj: K, apply_body: Value)
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap();
+    let created = api.create(&PostParams::default(), &obj).await.unwrap();
+    let v1 = rv(&created);
+    assert_eq!(api.get(&name).await.unwrap().meta().uid, created.meta().uid);
+    assert_eq!(
+        api.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
+
+    let mut edited = created.clone();
+    edited.meta_mut().labels = Some([("step".to_string(), "replace".to_string())].into());
+    let replaced = api
+        .replace(&name, &PostParams::default(), &edited)
+        .await
+        .unwrap();
+    let v2 = rv(&replaced);
+    assert!(v2 > v1);
+
+    let merged = api
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"step": "merge"}}})),
+        )
+        .await
+        .unwrap();
+    let v3 = rv(&merged);
+    assert!(v3 > v2);
+    assert_eq!(merged.labels()["step"], "merge");
+
+    let ops: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "test", "path": "/metadata/labels/step", "value": "merge"},
+        {"op": "add", "path": "/metadata/annotations", "value": {"json": "patch"}}
+    ]))
+    .unwrap();
+    let jsoned = api
+        .patch(&name, &PatchParams::default(), &Patch::Json::<()>(ops))
+        .await
+        .unwrap();
+    let v4 = rv(&jsoned);
+    assert!(v4 > v3);
+    assert_eq!(jsoned.annotations()["json"], "patch");
+
+    let applied = api
+        .patch(
+            &name,
+            &PatchParams::apply("sluice-control"),
+            &Patch::Apply(apply_body),
+        )
+        .await
+        .unwrap();
+    assert!(rv(&applied) > v4);
+    assert_eq!(applied.annotations()["applied"], "yes");
+    assert_eq!(
+        applied.annotations()["json"],
+        "patch",
+        "apply keeps what it does not mention"
+    );
+
+    // A patch carrying a stale resourceVersion is refused.
+    let stale =
+        json!({"metadata": {"resourceVersion": v1.to_string(), "labels": {"step": "stale"}}});
+    let e = api_error(
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(stale))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.code, 409);
+
+    api.delete(&name, &DeleteParams::default()).await.unwrap();
+    assert_eq!(api_error(api.get(&name).await.unwrap_err()).code, 404);
+    assert!(
+        api.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn every_verb_for_every_kind() {
+    let (_api, client) = standin().await;
+    let apply = |api_version: &str, kind: &str, name: &str| json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": name, "annotations": {"applied": "yes"}}});
+    every_verb(
+        &Api::<Service>::namespaced(client.clone(), "default"),
+        lb_service("web"),
+        apply("v1", "Service", "web"),
+    )
+    .await;
+    let slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": "web-x"}, "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.0.0.1"]}], "ports": [{"port": 80}]
+    }))
+    .unwrap();
+    every_verb(
+        &Api::<EndpointSlice>::namespaced(client.clone(), "default"),
+        slice,
+        apply("discovery.k8s.io/v1", "EndpointSlice", "web-x"),
+    )
+    .await;
+    let lease: Lease = serde_json::from_value(
+        json!({"metadata": {"name": "leader"}, "spec": {"holderIdentity": "a"}}),
+    )
+    .unwrap();
+    every_verb(
+        &Api::<Lease>::namespaced(client.clone(), "kube-system"),
+        lease,
+        apply("coordination.k8s.io/v1", "Lease", "leader"),
+    )
+    .await;
+    let ar = pool_resource("metallb.io", "v1beta1");
+    let mut pool = DynamicObject::new("public", &ar);
+    pool.data = json!({"spec": {"addresses": ["192.0.2.0/24"]}});
+    every_verb(
+        &Api::<DynamicObject>::namespaced_with(client, "default", &ar),
+        pool,
+        apply("metallb.io/v1beta1", "IPAddressPool", "public"),
+    )
+    .await;
 }

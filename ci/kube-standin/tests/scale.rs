@@ -17,11 +17,13 @@ use serde_json::json;
 
 const N: usize = 10_000;
 
+/// A LoadBalancer Service without node ports: the node port range (30000-32767) holds only
+/// 2768, so 10 000 LoadBalancer Services with node ports cannot exist, here as in a cluster.
 fn service(i: usize) -> serde_json::Value {
     json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": format!("svc-{i:05}"), "namespace": "default", "labels": {"app": format!("app-{}", i % 100)}},
-        "spec": {"type": "LoadBalancer", "selector": {"app": format!("app-{}", i % 100)}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+        "spec": {"type": "LoadBalancer", "allocateLoadBalancerNodePorts": false, "selector": {"app": format!("app-{}", i % 100)}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
     })
 }
 

@@ -373,9 +373,42 @@ async fn watch_from_a_compacted_version_is_410() {
         WatchEvent::Error(status) => assert_eq!(status.code, 410),
         other => panic!("expected 410, got {other:?}"),
     }
-    // A version the store has not reached yet.
+    // A version the store reaches while the watch waits for it: the watch starts there.
+    let ahead = small.resource_version() + 1;
+    let waiting = tokio::spawn({
+        let svcs = svcs.clone();
+        async move {
+            svcs.watch(&WatchParams::default(), &ahead.to_string())
+                .await
+                .map(|s| s.boxed())
+        }
+    });
+    wait_until("the watch request is waiting", || async {
+        small.request_count("watch", "services") == 2
+    })
+    .await;
+    small.insert(service("s3", "default")).unwrap();
+    small.insert(service("s4", "default")).unwrap();
+    let mut stream = waiting.await.unwrap().unwrap();
+    match tokio::time::timeout(PATIENCE, stream.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    {
+        WatchEvent::Added(s) => assert_eq!(
+            s.name_any(),
+            "s4",
+            "the change at the version itself is not replayed"
+        ),
+        other => panic!("expected s4, got {other:?}"),
+    }
+    // A version it never reaches: 504 after the server's wait (kube-rs would retry it).
+    let impatient: Api<Service> =
+        Api::namespaced(common::client_without_retry(&small).await, "default");
     let e = api_error(
-        svcs.watch(&WatchParams::default(), "999999")
+        impatient
+            .watch(&WatchParams::default(), "999999")
             .await
             .map(|_| ())
             .unwrap_err(),

@@ -50,6 +50,22 @@ pub async fn client_from_kubeconfig(path: &Path) -> Client {
     Client::try_from(config).expect("a client")
 }
 
+/// A client for `handle` without kube-rs' default retries (it retries 504 fifteen times with
+/// back-off, which is right against a busy apiserver but hides the answer a test looks at).
+pub async fn client_without_retry(handle: &Handle) -> Client {
+    let dir = Scratch::new("kubeconfig");
+    let path = dir.path().join("config");
+    handle
+        .write_kubeconfig(&path)
+        .expect("writing the kubeconfig");
+    let kc = Kubeconfig::read_from(&path).expect("reading the kubeconfig");
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("a config from the kubeconfig");
+    config.default_retry = false;
+    Client::try_from(config).expect("a client")
+}
+
 /// A stand-in with these options and a client for it.
 pub async fn standin_with(opts: Options) -> (Handle, Client) {
     let handle = sluice_kube_standin::start(opts)
