@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use common::{Cleanup, ctl};
 use serde_json::json;
+use sluice_dataplane::tables::Capacity;
 use sluice_dataplane::tables::Writer;
 use sluice_dataplane::tables::layout::Geometry;
-use sluice_dataplane::tables::Capacity;
 use sluice_kube_standin::{Options, ResourceId};
 use sluice_testbed::{Proc, free_port};
 
@@ -51,7 +51,11 @@ fn services() -> u32 {
     std::env::var("SLUICE_SCALE_SERVICES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if cfg!(debug_assertions) { 2_000 } else { 10_000 })
+        .unwrap_or(if cfg!(debug_assertions) {
+            2_000
+        } else {
+            10_000
+        })
 }
 
 #[test]
@@ -77,8 +81,10 @@ fn ten_thousand_services_reconcile_and_publish() {
         .expect("stand-in");
     let kubeconfig = dir.join("kubeconfig");
     api.write_kubeconfig(&kubeconfig).expect("kubeconfig");
-    api.insert(json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "sluice-system" } }))
-        .expect("namespace");
+    api.insert(
+        json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "sluice-system" } }),
+    )
+    .expect("namespace");
     api.insert(json!({
         "apiVersion": "sluice.io/v1beta1", "kind": "IPAddressPool",
         "metadata": { "name": "big", "namespace": "sluice-system" },
@@ -188,7 +194,10 @@ fn ten_thousand_services_reconcile_and_publish() {
         if services == u64::from(services_n) {
             break start.elapsed();
         }
-        assert!(start.elapsed() < limit, "only {services} published after {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "only {services} published after {limit:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let status = ctl(&socket, &["status"]);
