@@ -10,11 +10,15 @@
 //! TCP and UDP checksums. Flow `i` (0 ≤ i < [`Profile::flows`]) has source host `i % 256`
 //! (last octet of `198.18.0.0/24`, or the low byte of `2001:2::/64`: the RFC 2544 / 5180
 //! benchmarking ranges) and source port `1024 + i / 256`, so every flow has its own 5-tuple.
+//! It goes to VIP number `i % vips` ([`Profile::vips`]): the profile's VIP plus that number,
+//! added to the address's low 32 bits without carry beyond them (so `10.90.0.100` with 300
+//! VIPs spans `10.90.0.100` .. `10.90.1.143`).
 //!
 //! The first [`STAMP_LEN`] bytes of the L4 payload carry the low 48 bits of the TSC when the
 //! frame was built (big-endian), so the sink can compute the latency of whatever comes back,
-//! whichever mode rewrote the headers (DSR and NAT leave the payload alone). 48 bits of a
-//! 2–4 GHz TSC wrap after about a day; differences are taken modulo 2^48.
+//! whichever mode rewrote the headers (DSR and NAT leave the payload alone; [`read_stamp`]
+//! looks through an IP-in-IP or GUE outer header, so encap mode is measured the same way).
+//! 48 bits of a 2–4 GHz TSC wrap after about a day; differences are taken modulo 2^48.
 //!
 //! Frame length: [`Profile::frame_len`] bytes without the FCS (60 for a 64-byte frame on the
 //! wire), raised to the smallest length that holds the headers and the stamp when it is too
@@ -23,7 +27,7 @@
 //! # Speed
 //!
 //! [`Templates::write`] copies a prebuilt frame and patches the source address, source port,
-//! TCP flags and stamp; the checksums are finished from precomputed one's-complement partial
+//! destination address (low 32 bits), TCP flags and stamp; the checksums are finished from precomputed one's-complement partial
 //! sums (RFC 1071), so a frame costs a 60-byte copy and a dozen additions.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -37,6 +41,12 @@ pub const STAMP_MASK: u64 = (1 << 48) - 1;
 /// The most flows a profile can have (256 hosts × 64 512 ports).
 pub const MAX_FLOWS: u32 = 256 * 64_512;
 
+/// The most VIPs a profile can spread its flows over.
+pub const MAX_VIPS: u32 = 65_536;
+
+/// The UDP port [`read_stamp`] takes for GUE (IANA's, and the dataplane's default).
+pub const GUE_PORT: u16 = 6080;
+
 /// Largest frame (without FCS): a standard 1500-byte MTU.
 pub const MAX_FRAME_LEN: usize = 1514;
 
@@ -49,6 +59,9 @@ const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
 const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
+const PROTO_IPIP: u8 = 4;
+const PROTO_IPV6: u8 = 41;
+const GUE_LEN: usize = 4;
 
 /// The first source address of IPv4 flows (RFC 2544 benchmarking range).
 pub const CLIENT4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
@@ -62,9 +75,11 @@ pub struct Profile {
     pub frame_len: usize,
     /// Distinct flows (5-tuples), 1 ..= [`MAX_FLOWS`].
     pub flows: u32,
-    /// IPv4 VIP.
+    /// VIPs, 1 ..= [`MAX_VIPS`]: flow `i` goes to `vip4` (or `vip6`) + `i % vips`.
+    pub vips: u32,
+    /// IPv4 VIP (the first one).
     pub vip4: Ipv4Addr,
-    /// IPv6 VIP (needed when `ipv6_permille` > 0).
+    /// IPv6 VIP (the first one; needed when `ipv6_permille` > 0).
     pub vip6: Option<Ipv6Addr>,
     /// Destination (service) port.
     pub port: u16,
@@ -86,6 +101,9 @@ pub enum ProfileError {
     /// `flows` is 0 or above [`MAX_FLOWS`].
     #[error("flows must be 1..={MAX_FLOWS}, not {0}")]
     Flows(u32),
+    /// `vips` is 0 or above [`MAX_VIPS`].
+    #[error("vips must be 1..={MAX_VIPS}, not {0}")]
+    Vips(u32),
     /// `frame_len` is above [`MAX_FRAME_LEN`].
     #[error("frame length {0} is above {MAX_FRAME_LEN} bytes")]
     FrameLen(usize),
@@ -145,13 +163,19 @@ struct Template {
     bytes: Vec<u8>,
     /// Offset of the IP source address.
     src: usize,
+    /// Offset of the low 32 bits of the IP destination address (the VIP number is added there).
+    dst_low: usize,
+    /// The first VIP's low 32 bits.
+    vip_low: u32,
     /// Offset of the L4 header.
     l4: usize,
     /// Offset of the L4 checksum.
     l4_csum: usize,
-    /// One's-complement sum of the IPv4 header with the source and checksum zeroed (IPv4 only).
+    /// One's-complement sum of the IPv4 header with the source, the destination and the
+    /// checksum zeroed (IPv4 only).
     ip_sum: u32,
-    /// Sum of pseudo-header + L4 header + payload with the variable fields zeroed.
+    /// Sum of pseudo-header + L4 header + payload with the variable fields (the destination's
+    /// low 32 bits included) zeroed.
     l4_sum: u32,
     udp: bool,
 }
@@ -172,8 +196,12 @@ impl Template {
         let l3_len16 = u16::try_from(l3_len).unwrap_or(u16::MAX);
         let l4_len16 = u16::try_from(l4_len).unwrap_or(u16::MAX);
         let src;
+        let dst_low;
+        let vip_low;
         let mut ip_sum = 0;
         let mut pseudo;
+        // The destination's low 32 bits are left zero while the sums are taken and written
+        // per frame (the first VIP plus the flow's VIP number).
         if kind.ipv6 {
             b[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
             let ip = &mut b[ETH_LEN..l4];
@@ -183,8 +211,11 @@ impl Template {
             ip[7] = 64;
             // Source: CLIENT6 with the low byte patched per flow.
             ip[8..24].copy_from_slice(&CLIENT6.octets());
-            ip[24..40].copy_from_slice(&p.vip6.unwrap_or(Ipv6Addr::UNSPECIFIED).octets());
+            let vip = p.vip6.unwrap_or(Ipv6Addr::UNSPECIFIED).octets();
+            ip[24..36].copy_from_slice(&vip[..12]);
+            vip_low = u32::from_be_bytes([vip[12], vip[13], vip[14], vip[15]]);
             src = ETH_LEN + 8;
+            dst_low = ETH_LEN + 36;
             pseudo = sum_words(&ip[8..40]);
         } else {
             b[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
@@ -195,11 +226,13 @@ impl Template {
             ip[8] = 64;
             ip[9] = proto;
             ip[12..16].copy_from_slice(&CLIENT4.octets());
-            ip[16..20].copy_from_slice(&p.vip4.octets());
+            vip_low = p.vip4.to_bits();
             src = ETH_LEN + 12;
+            dst_low = ETH_LEN + 16;
             ip_sum = sum_words(ip);
             pseudo = sum_words(&ip[12..20]);
         }
+        b[dst_low..dst_low + 4].copy_from_slice(&vip_low.to_be_bytes());
         pseudo += u32::from(proto) + u32::from(l4_len16);
         let seg = &mut b[l4..];
         seg[2..4].copy_from_slice(&p.port.to_be_bytes());
@@ -217,6 +250,8 @@ impl Template {
         Template {
             bytes: b,
             src,
+            dst_low,
+            vip_low,
             l4,
             l4_csum,
             ip_sum,
@@ -231,6 +266,7 @@ impl Template {
 pub struct Templates {
     t: [Template; 4],
     flows: u32,
+    vips: u32,
 }
 
 impl Templates {
@@ -241,6 +277,9 @@ impl Templates {
     pub fn new(p: &Profile) -> Result<Templates, ProfileError> {
         if p.flows == 0 || p.flows > MAX_FLOWS {
             return Err(ProfileError::Flows(p.flows));
+        }
+        if p.vips == 0 || p.vips > MAX_VIPS {
+            return Err(ProfileError::Vips(p.vips));
         }
         if p.frame_len > MAX_FRAME_LEN {
             return Err(ProfileError::FrameLen(p.frame_len));
@@ -270,6 +309,7 @@ impl Templates {
                 Template::new(p, k(true, true)),
             ],
             flows: p.flows,
+            vips: p.vips,
         })
     }
 
@@ -300,16 +340,20 @@ impl Templates {
         let len = t.bytes.len();
         let f = &mut out[..len];
         f.copy_from_slice(&t.bytes);
-        let (host, port) = flow_source(flow % self.flows);
+        let flow = flow % self.flows;
+        let (host, port) = flow_source(flow);
         // The source address differs from the template in its last byte only.
         let host_off = t.src + if kind.ipv6 { 15 } else { 3 };
         f[host_off] = host;
         let host_word = u32::from(host); // the low byte of a 16-bit word
+        let dst = t.vip_low.wrapping_add(flow % self.vips);
+        f[t.dst_low..t.dst_low + 4].copy_from_slice(&dst.to_be_bytes());
+        let dst_words = (dst >> 16) + (dst & 0xffff);
         f[t.l4..t.l4 + 2].copy_from_slice(&port.to_be_bytes());
         let stamp = (stamp & STAMP_MASK).to_be_bytes();
         let pay = t.l4 + if t.udp { UDP_LEN } else { TCP_LEN };
         f[pay..pay + STAMP_LEN].copy_from_slice(&stamp[2..]);
-        let mut s = t.l4_sum + host_word + u32::from(port) + sum_words(&stamp[2..]);
+        let mut s = t.l4_sum + host_word + dst_words + u32::from(port) + sum_words(&stamp[2..]);
         if !t.udp {
             let flags = if kind.syn { TCP_SYN } else { TCP_ACK };
             f[t.l4 + 13] = flags;
@@ -321,7 +365,7 @@ impl Templates {
         }
         f[t.l4_csum..t.l4_csum + 2].copy_from_slice(&c.to_be_bytes());
         if !kind.ipv6 {
-            let ip = finish(t.ip_sum + host_word);
+            let ip = finish(t.ip_sum + host_word + dst_words);
             f[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&ip.to_be_bytes());
         }
         len
@@ -347,7 +391,9 @@ pub fn build_frame(
 
 /// The 48-bit TX stamp of a received frame: Ethernet II (an 802.1Q tag is skipped), IPv4 (any
 /// IHL) or IPv6 (TCP or UDP directly after the fixed header), TCP (any data offset) or UDP.
-/// `None` for anything else or a frame too short to hold the stamp.
+/// One outer encapsulation header is looked through: IP-in-IP (IPv4 protocol / IPv6 next
+/// header 4 or 41) and GUE variant 0 (UDP to [`GUE_PORT`], any extension length, inner
+/// protocol 4 or 41). `None` for anything else or a frame too short to hold the stamp.
 pub fn read_stamp(frame: &[u8]) -> Option<u64> {
     let mut off = 12;
     let mut ethertype = u16::from_be_bytes([*frame.get(off)?, *frame.get(off + 1)?]);
@@ -356,23 +402,55 @@ pub fn read_stamp(frame: &[u8]) -> Option<u64> {
         ethertype = u16::from_be_bytes([*frame.get(off + 2)?, *frame.get(off + 3)?]);
         off += 4;
     }
-    let (proto, l4) = match ethertype {
-        0x0800 => {
+    let mut ipv6 = match ethertype {
+        0x0800 => false,
+        0x86dd => true,
+        _ => return None,
+    };
+    // The outer header, then at most one inner one.
+    for depth in 0..2 {
+        let (proto, l4) = if ipv6 {
+            (*frame.get(off + 6)?, off + IPV6_LEN)
+        } else {
             let ihl = usize::from(*frame.get(off)? & 0x0f) * 4;
             (*frame.get(off + 9)?, off + ihl)
+        };
+        let inner = match proto {
+            PROTO_IPIP | PROTO_IPV6 if depth == 0 => Some((proto == PROTO_IPV6, l4)),
+            PROTO_UDP
+                if depth == 0
+                    && u16::from_be_bytes([*frame.get(l4 + 2)?, *frame.get(l4 + 3)?])
+                        == GUE_PORT =>
+            {
+                let gue = l4 + UDP_LEN;
+                let (b0, next) = (*frame.get(gue)?, *frame.get(gue + 1)?);
+                // Version 0, not a control message, inner IPv4 or IPv6.
+                if b0 & 0xe0 != 0 || !matches!(next, PROTO_IPIP | PROTO_IPV6) {
+                    return None;
+                }
+                Some((
+                    next == PROTO_IPV6,
+                    gue + GUE_LEN + usize::from(b0 & 0x1f) * 4,
+                ))
+            }
+            _ => None,
+        };
+        if let Some((v6, at)) = inner {
+            ipv6 = v6;
+            off = at;
+            continue;
         }
-        0x86dd => (*frame.get(off + 6)?, off + IPV6_LEN),
-        _ => return None,
-    };
-    let pay = match proto {
-        PROTO_TCP => l4 + usize::from(*frame.get(l4 + 12)? >> 4) * 4,
-        PROTO_UDP => l4 + UDP_LEN,
-        _ => return None,
-    };
-    let s = frame.get(pay..pay + STAMP_LEN)?;
-    let mut b = [0u8; 8];
-    b[2..].copy_from_slice(s);
-    Some(u64::from_be_bytes(b))
+        let pay = match proto {
+            PROTO_TCP => l4 + usize::from(*frame.get(l4 + 12)? >> 4) * 4,
+            PROTO_UDP => l4 + UDP_LEN,
+            _ => return None,
+        };
+        let s = frame.get(pay..pay + STAMP_LEN)?;
+        let mut b = [0u8; 8];
+        b[2..].copy_from_slice(s);
+        return Some(u64::from_be_bytes(b));
+    }
+    None
 }
 
 /// Ticks from a 48-bit stamp to a later 48-bit TSC reading (modulo 2^48).
@@ -502,6 +580,7 @@ mod tests {
         Profile {
             frame_len: 60,
             flows: 1000,
+            vips: 1,
             vip4: Ipv4Addr::new(10, 90, 0, 100),
             vip6: Some("fd90::100".parse().expect("v6")),
             port: 8080,
@@ -522,13 +601,17 @@ mod tests {
         assert_eq!(eth.destination, p.dst_mac);
         assert_eq!(eth.source, p.src_mac);
         let (host, sport) = flow_source(flow);
+        let vip_no = flow % p.vips;
         // (source, destination) as raw bytes, for the pseudo-header.
         let (src, dst): (Vec<u8>, Vec<u8>) = match pkt.net.as_ref().expect("ip") {
             NetSlice::Ipv4(ip) => {
                 assert!(!kind.ipv6);
                 let h = ip.header().to_header();
                 assert_eq!(h.header_checksum, h.calc_header_checksum(), "IPv4 checksum");
-                assert_eq!(h.destination, p.vip4.octets());
+                assert_eq!(
+                    h.destination,
+                    p.vip4.to_bits().wrapping_add(vip_no).to_be_bytes()
+                );
                 assert_eq!(h.source, [198, 18, 0, host]);
                 assert_eq!(usize::from(h.total_len), f.len() - 14);
                 (h.source.to_vec(), h.destination.to_vec())
@@ -536,7 +619,11 @@ mod tests {
             NetSlice::Ipv6(ip) => {
                 assert!(kind.ipv6);
                 let h = ip.header().to_header();
-                assert_eq!(h.destination, p.vip6.expect("v6").octets());
+                // The VIP number is added to the low 32 bits, without carry beyond them.
+                let mut want = p.vip6.expect("v6").octets();
+                let low = u32::from_be_bytes([want[12], want[13], want[14], want[15]]);
+                want[12..].copy_from_slice(&low.wrapping_add(vip_no).to_be_bytes());
+                assert_eq!(h.destination, want);
                 let mut want = CLIENT6.octets();
                 want[15] = host;
                 assert_eq!(h.source, want);
@@ -652,6 +739,129 @@ mod tests {
             })
             .err(),
             Some(ProfileError::NoVip6)
+        );
+    }
+
+    #[test]
+    fn flows_spread_over_consecutive_vips_with_valid_checksums() {
+        let p = Profile {
+            vips: 300,
+            vip4: Ipv4Addr::new(10, 90, 0, 250),
+            vip6: Some("fd90::ffff:fffe".parse().expect("v6")),
+            ipv6_permille: 500,
+            ..profile()
+        };
+        let t = Templates::new(&p).expect("valid");
+        let mut buf = [0u8; MAX_FRAME_LEN];
+        for flow in [0, 1, 5, 299, 300, 301, 999] {
+            for (ipv6, udp) in [(false, false), (false, true), (true, false), (true, true)] {
+                let kind = Kind {
+                    ipv6,
+                    udp,
+                    syn: false,
+                };
+                let n = t.write(&mut buf, flow, kind, 0xabcd_ef01);
+                check(&p, &buf[..n], flow, kind, 0xabcd_ef01);
+            }
+        }
+        // VIP 6 of 10.90.0.250 crosses into the next /24.
+        let f = build_frame(&p, 6, Kind::default(), 1).expect("ok");
+        assert_eq!(f[30..34], [10, 90, 1, 0]);
+        for vips in [0, MAX_VIPS + 1] {
+            assert_eq!(
+                Templates::new(&Profile { vips, ..profile() }).err(),
+                Some(ProfileError::Vips(vips))
+            );
+        }
+    }
+
+    /// `frame` with `outer` (an IP header, plus UDP + GUE) put between its Ethernet header
+    /// and its IP packet, the EtherType set to the outer family.
+    fn wrap(frame: &[u8], outer: &[u8], outer_v6: bool) -> Vec<u8> {
+        let mut out = frame[..14].to_vec();
+        out[12..14].copy_from_slice(if outer_v6 {
+            &[0x86, 0xdd]
+        } else {
+            &[0x08, 0x00]
+        });
+        out.extend_from_slice(outer);
+        out.extend_from_slice(&frame[14..]);
+        out
+    }
+
+    fn outer4(proto: u8) -> Vec<u8> {
+        let mut ip = vec![0u8; 20];
+        ip[0] = 0x45;
+        ip[9] = proto;
+        ip
+    }
+
+    fn outer6(next: u8) -> Vec<u8> {
+        let mut ip = vec![0u8; 40];
+        ip[0] = 0x60;
+        ip[6] = next;
+        ip
+    }
+
+    fn udp_gue(dst_port: u16, hlen: u8, next: u8) -> Vec<u8> {
+        let mut h = vec![0u8; 8 + 4 + usize::from(hlen) * 4];
+        h[0..2].copy_from_slice(&0xc123u16.to_be_bytes());
+        h[2..4].copy_from_slice(&dst_port.to_be_bytes());
+        h[8] = hlen;
+        h[9] = next;
+        h
+    }
+
+    #[test]
+    fn stamps_are_read_through_ipip_and_gue() {
+        let p = Profile {
+            ipv6_permille: 1000,
+            ..profile()
+        };
+        let v4 = build_frame(&p, 3, Kind::default(), 0x1122_3344_5566).expect("v4");
+        let v6 = build_frame(
+            &p,
+            3,
+            Kind {
+                ipv6: true,
+                udp: true,
+                syn: false,
+            },
+            0x77,
+        )
+        .expect("v6");
+        let cat = |a: Vec<u8>, b: Vec<u8>| [a, b].concat();
+        for (frame, stamp) in [(&v4, 0x1122_3344_5566), (&v6, 0x77)] {
+            let inner = if frame == &v4 { PROTO_IPIP } else { PROTO_IPV6 };
+            for (outer, outer_v6) in [
+                (outer4(inner), false),
+                (outer6(inner), true),
+                (cat(outer4(PROTO_UDP), udp_gue(GUE_PORT, 0, inner)), false),
+                (cat(outer6(PROTO_UDP), udp_gue(GUE_PORT, 2, inner)), true),
+            ] {
+                let f = wrap(frame, &outer, outer_v6);
+                assert_eq!(read_stamp(&f), Some(stamp), "outer {outer:?}");
+            }
+        }
+        // Not GUE: another UDP port is read as plain UDP (its payload is the GUE header);
+        // a GUE control message, another inner protocol, and two levels of IP-in-IP are not
+        // read at all.
+        let other_port = wrap(&v4, &cat(outer4(PROTO_UDP), udp_gue(4789, 0, 4)), false);
+        assert_ne!(read_stamp(&other_port), Some(0x1122_3344_5566));
+        let mut control = cat(outer4(PROTO_UDP), udp_gue(GUE_PORT, 0, PROTO_IPIP));
+        control[28] |= 0x20;
+        assert_eq!(read_stamp(&wrap(&v4, &control, false)), None);
+        let gre = cat(outer4(PROTO_UDP), udp_gue(GUE_PORT, 0, 47));
+        assert_eq!(read_stamp(&wrap(&v4, &gre, false)), None);
+        let twice = wrap(
+            &wrap(&v4, &outer4(PROTO_IPIP), false),
+            &outer4(PROTO_IPIP),
+            false,
+        );
+        assert_eq!(read_stamp(&twice), None);
+        assert_eq!(
+            read_stamp(&wrap(&v4, &outer4(PROTO_IPIP), false)[..40]),
+            None
         );
     }
 

@@ -7,12 +7,20 @@
 //! built, so the sink counts exactly the packets sent inside the measurement window
 //! (warm-up traffic and stragglers are told apart by their stamp) and takes their latency.
 //!
-//! Timeline: wait for the links, `--warmup` seconds of traffic that is not counted,
-//! `--seconds` of measurement, then `--drain-ms` of receiving only (for packets still in
-//! flight). Loss = 1 − received / sent, over the packets stamped inside the window. When the TX
+//! Timeline: wait for the links, a warm-up of traffic that is not counted, `--seconds` of
+//! measurement, then `--drain-ms` of receiving only (for packets still in flight). The warm-up
+//! lasts `--warmup` seconds and, beyond that, until as many packets came back as there are
+//! flows — with flows sent round-robin, every flow has then been through the forwarder once
+//! and sits in its connection table, however many there are — but no longer than
+//! `--warmup-max` seconds. "pktgen: measuring" on stderr marks the start of the window.
+//! Loss = 1 − received / sent, over the packets stamped inside the window. When the TX
 //! queue takes only part of a burst (back-pressure: the forwarder is slower), the rest is
 //! offered again after a pause of about a microsecond, and the event is counted (`ring_full`);
 //! a packet counts as sent when the queue takes it.
+//!
+//! With `--queues N` the port gets N queue pairs (one per forwarding worker on the other
+//! end; memif has no RSS): flow `i` always leaves by TX queue `i % N`, bursts go to the queues
+//! in turn, and every RX queue is polled.
 //!
 //! Output: one progress line per second on stderr and a final `RESULT key=value …` line on
 //! stdout that scripts parse. Latency under full load is queueing latency (rings full); use
@@ -41,9 +49,14 @@ const DEFAULT_DST_MAC: &str = "02:53:4c:00:00:01";
 #[derive(Debug, Parser)]
 struct Opt {
     /// Virtual device to create (repeatable), e.g.
-    /// `net_memif0,role=server,id=0,socket=/run/x.sock`. PCI devices are never taken.
+    /// `net_memif0,role=server,id=0,socket=/run/x.sock`, `net_af_xdp0,iface=veth0` or
+    /// `net_af_packet0,iface=veth0` (run inside the interface's network namespace). PCI
+    /// devices are never taken.
     #[arg(long = "vdev", required = true)]
     vdevs: Vec<String>,
+    /// Queue pairs on the port (one per worker of the forwarder under test).
+    #[arg(long, default_value_t = 1)]
+    queues: u16,
     /// Port to transmit on (device name). Default: the first `--vdev`.
     #[arg(long)]
     tx_port: Option<String>,
@@ -56,9 +69,13 @@ struct Opt {
     /// Seconds to measure.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
-    /// Seconds of traffic before measuring (fills conntrack, warms caches).
+    /// Seconds of traffic before measuring (fills conntrack, warms caches); the warm-up goes
+    /// on until as many packets came back as there are flows.
     #[arg(long, default_value_t = 1)]
     warmup: u64,
+    /// Longest warm-up in seconds, whatever came back.
+    #[arg(long, default_value_t = 60)]
+    warmup_max: u64,
     /// Milliseconds to keep receiving after the last measured packet was sent.
     #[arg(long, default_value_t = 200)]
     drain_ms: u64,
@@ -68,12 +85,15 @@ struct Opt {
     /// Distinct flows (5-tuples), sent round-robin.
     #[arg(long, default_value_t = 1000)]
     flows: u32,
-    /// IPv4 VIP.
+    /// IPv4 VIP (the first, with `--vips`).
     #[arg(long, default_value = "10.90.0.100")]
     vip: Ipv4Addr,
     /// IPv6 VIP (needed with `--ipv6-share`).
     #[arg(long)]
     vip6: Option<Ipv6Addr>,
+    /// VIPs: flow `i` goes to `--vip` (and `--vip6`) plus `i % vips` (consecutive addresses).
+    #[arg(long, default_value_t = 1)]
+    vips: u32,
     /// Service (destination) port.
     #[arg(long, default_value_t = 8080)]
     port: u16,
@@ -176,8 +196,8 @@ impl Window {
     }
 }
 
-struct Sink<'a> {
-    rx: &'a mut RxQueue,
+struct Sink {
+    rx: Vec<RxQueue>,
     burst: MbufBurst,
     window: Window,
     hz: u64,
@@ -185,13 +205,22 @@ struct Sink<'a> {
     sent_dst: [u8; 6],
 }
 
-impl Sink<'_> {
-    /// Receives up to `max_bursts` bursts; returns packets received.
+impl Sink {
+    /// Receives up to `max_bursts` bursts from each queue; returns packets received.
     #[inline]
     fn poll(&mut self, c: &mut Counts, max_bursts: usize) -> usize {
         let mut got = 0;
+        for q in 0..self.rx.len() {
+            got += self.poll_queue(q, c, max_bursts);
+        }
+        got
+    }
+
+    #[inline]
+    fn poll_queue(&mut self, q: usize, c: &mut Counts, max_bursts: usize) -> usize {
+        let mut got = 0;
         for _ in 0..max_bursts {
-            let n = self.rx.rx_burst(&mut self.burst);
+            let n = self.rx[q].rx_burst(&mut self.burst);
             if n == 0 {
                 break;
             }
@@ -260,13 +289,21 @@ fn main() -> Result<()> {
     if rx_name != tx_name {
         names.push(rx_name.clone());
     }
+    if opt.queues == 0 {
+        bail!("--queues must be at least 1");
+    }
+    if opt.flows < u32::from(opt.queues) {
+        bail!("--flows must be at least --queues (every queue sends its own flows)");
+    }
+    let port_config = PortConfig {
+        rx_queues: opt.queues,
+        tx_queues: opt.queues,
+        ..PortConfig::default()
+    };
     let mut ports = Vec::new();
     for n in &names {
         let id = eal.port_by_name(n).with_context(|| format!("port {n}"))?;
-        ports.push(
-            Port::new(&eal, id, &PortConfig::default(), &pool)
-                .with_context(|| format!("port {n}"))?,
-        );
+        ports.push(Port::new(&eal, id, &port_config, &pool).with_context(|| format!("port {n}"))?);
     }
     let src_mac = match &opt.src_mac {
         Some(s) => parse_mac(s)?,
@@ -275,6 +312,7 @@ fn main() -> Result<()> {
     let profile = Profile {
         frame_len: opt.size - 4,
         flows: opt.flows,
+        vips: opt.vips,
         vip4: opt.vip,
         vip6: opt.vip6,
         port: opt.port,
@@ -286,16 +324,22 @@ fn main() -> Result<()> {
     };
     let templates = Templates::new(&profile).context("traffic profile")?;
 
-    let (mut rxs, mut txs): (Vec<RxQueue>, Vec<TxQueue>) = (Vec::new(), Vec::new());
-    for p in &mut ports {
+    // TX queues of the first port, RX queues of the last (the same port when one-armed).
+    let mut txs: Vec<TxQueue> = Vec::new();
+    let mut rxs: Vec<RxQueue> = Vec::new();
+    let last = ports.len() - 1;
+    for (i, p) in ports.iter_mut().enumerate() {
         let (r, t) = p.take_queues();
-        rxs.extend(r.into_iter().take(1));
-        txs.extend(t.into_iter().take(1));
+        if i == 0 {
+            txs = t;
+        }
+        if i == last {
+            rxs = r;
+        }
     }
-    let mut tx = txs.swap_remove(0);
-    let mut rx = rxs.pop().context("no RX queue")?;
-    drop(txs);
-    drop(rxs);
+    if txs.is_empty() || rxs.is_empty() {
+        bail!("no queues");
+    }
 
     let deadline = Instant::now() + Duration::from_secs(opt.link_wait);
     while !ports.iter().all(|p| p.link().is_ok_and(|l| l.up)) {
@@ -305,8 +349,10 @@ fn main() -> Result<()> {
         std::thread::sleep(Duration::from_millis(10));
     }
     eprintln!(
-        "pktgen: links up; {} flows, {} B frames, SYN {} ‰, UDP {} ‰, IPv6 {} ‰, to {}:{} via {}",
+        "pktgen: links up; {} flows over {} VIP(s) and {} queue(s), {} B frames, SYN {} ‰, UDP {} ‰, IPv6 {} ‰, to {}:{} via {}",
         profile.flows,
+        profile.vips,
+        txs.len(),
         opt.size,
         profile.syn_permille,
         profile.udp_permille,
@@ -323,26 +369,29 @@ fn main() -> Result<()> {
     // Pacing in 1/1024 ticks per packet.
     let pace = (opt.rate_kpps > 0).then(|| hz * 1024 / (opt.rate_kpps * 1000));
     let t0 = tsc();
-    let warm_end = t0 + opt.warmup * hz;
-    let meas_end = warm_end + opt.seconds * hz;
-    let window = Window {
-        start: warm_end,
-        len: meas_end - warm_end,
-    };
+    let warm_min = t0 + opt.warmup * hz;
+    let warm_max = t0 + opt.warmup_max.max(opt.warmup) * hz;
+    // Until the warm-up ends, the window is empty and nothing is counted.
+    let mut warm_end = u64::MAX;
+    let mut meas_end = u64::MAX;
     let mut sink = Sink {
-        rx: &mut rx,
+        rx: rxs,
         burst: MbufBurst::new(),
-        window,
+        window: Window { start: t0, len: 0 },
         hz,
         hist: Histogram::new(),
         sent_dst: profile.dst_mac,
     };
     let mut c = Counts::default();
     let mut rng = Rng::new(opt.seed);
-    let mut flow = 0u32;
+    let nq = txs.len();
+    let nq32 = u32::try_from(nq).unwrap_or(u32::MAX);
+    // Queue q sends flows q, q + nq, q + 2·nq, …
+    let mut next_flow: Vec<u32> = (0..nq32).collect();
+    let mut q = 0usize;
     let mut next_tx_x1024 = u128::from(t0) * 1024;
-    let mut next_report = warm_end + hz;
-    let mut last_report = (warm_end, 0u64, 0u64);
+    let mut next_report = u64::MAX;
+    let mut last_report = (t0, 0u64, 0u64);
     let mut tb = MbufBurst::new();
     let (mut burst_stamp, mut burst_bytes, mut burst_built) = (0u64, 0u64, 0u64);
     let (syn, udp, v6) = (
@@ -350,12 +399,37 @@ fn main() -> Result<()> {
         profile.udp_permille,
         profile.ipv6_permille,
     );
+    let mut warmup_s = 0.0;
 
     loop {
         sink.poll(&mut c, 4);
         let now = tsc();
         if now >= meas_end || stop.load(Ordering::Relaxed) {
             break;
+        }
+        if warm_end == u64::MAX
+            && now >= warm_min
+            && (c.rx_outside >= u64::from(profile.flows) || now >= warm_max)
+        {
+            warm_end = now;
+            meas_end = now + opt.seconds * hz;
+            sink.window = Window {
+                start: now,
+                len: opt.seconds * hz,
+            };
+            next_report = now + hz;
+            last_report = (now, 0, 0);
+            warmup_s = (now - t0) as f64 / hz as f64;
+            eprintln!(
+                "pktgen: measuring for {} s (warm-up {warmup_s:.1} s, {} packets back{})",
+                opt.seconds,
+                c.rx_outside,
+                if c.rx_outside < u64::from(profile.flows) {
+                    "; fewer than the flows: --warmup-max reached"
+                } else {
+                    ""
+                }
+            );
         }
         // A burst is built and stamped once, then offered until the ring has taken all of it.
         if tb.is_empty() {
@@ -368,6 +442,7 @@ fn main() -> Result<()> {
                     .max(u128::from(now) * 1024 - u128::from(p) * BURST as u128)
                     + u128::from(p) * BURST as u128;
             }
+            q = (q + 1) % nq;
             burst_bytes = 0;
             while !tb.is_full() {
                 let Ok(mut m) = Mbuf::alloc(&pool) else {
@@ -383,11 +458,12 @@ fn main() -> Result<()> {
                 let Ok(buf) = m.append(u16::try_from(len).unwrap_or(u16::MAX)) else {
                     bail!("frame of {len} B does not fit an mbuf");
                 };
-                templates.write(buf, flow, kind, now);
+                let flow = &mut next_flow[q];
+                templates.write(buf, *flow, kind, now);
                 burst_bytes += len as u64;
-                flow += 1;
-                if flow == profile.flows {
-                    flow = 0;
+                *flow = flow.saturating_add(nq32);
+                if *flow >= profile.flows {
+                    *flow = u32::try_from(q).unwrap_or(0);
                 }
                 // Cannot fail: the loop stops when the burst is full.
                 let _ = tb.push(m);
@@ -395,7 +471,7 @@ fn main() -> Result<()> {
             burst_stamp = now;
             burst_built = tb.len() as u64;
         }
-        let sent = tx.tx_burst(&mut tb) as u64;
+        let sent = txs[q].tx_burst(&mut tb) as u64;
         if burst_stamp >= warm_end {
             c.tx += sent;
             // Frames of one burst differ in length only with an IPv6 mix; prorate.
@@ -455,7 +531,8 @@ fn main() -> Result<()> {
     );
     println!(
         "RESULT tool=pktgen seconds={} flows={} size={} tx_packets={} rx_packets={} tx_mpps={tx_mpps:.3} \
-         rx_mpps={rx_mpps:.3} rx_gbps={:.3} loss_pct={loss:.3} p50_us={p50:.1} p99_us={p99:.1} ring_full={} rx_rewritten={} rx_other={}",
+         rx_mpps={rx_mpps:.3} rx_gbps={:.3} loss_pct={loss:.3} p50_us={p50:.1} p99_us={p99:.1} ring_full={} rx_rewritten={} rx_other={} \
+         queues={} vips={} warmup_s={warmup_s:.1} rx_warmup={} tsc_hz={hz}",
         opt.seconds,
         profile.flows,
         opt.size,
@@ -464,13 +541,15 @@ fn main() -> Result<()> {
         l1(c.rx, c.rx_bytes),
         c.ring_full,
         c.rx_rewritten,
-        c.rx_other
+        c.rx_other,
+        nq,
+        profile.vips,
+        c.rx_outside
     );
     // Teardown order: mbufs and queues, then ports, then the pool, then the EAL.
     drop(tb);
     drop(sink);
-    drop(rx);
-    drop(tx);
+    drop(txs);
     drop(ports);
     drop(pool);
     drop(eal);
