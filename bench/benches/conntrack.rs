@@ -14,7 +14,7 @@
 //! - `conntrack/evict/n1m_budget64`: one `evict_expired` call with a budget of 64 buckets
 //!   over the 1M table, nothing expired (the per-burst cost of aging).
 //!
-//! Keys are random IPv4 TCP 5-tuples from a seeded xorshift (the table's ahash keys are random).
+//! Keys are random IPv4 TCP 5-tuples from a seeded xorshift (the table's hash secrets are random).
 //! Nothing in a measured loop allocates.
 
 use std::hint::black_box;
@@ -166,10 +166,11 @@ fn bench_conntrack(c: &mut Criterion) {
                 b.iter(|| ct.evict_expired(now, 64));
             });
             eprintln!(
-                "conntrack {name}: {} shards, {} buckets, {} MB",
+                "conntrack {name}: {} shards, {} slots, {} MB on {} pages",
                 ct.shards(),
                 ct.buckets(),
-                ct.allocated_bytes() / 1_000_000
+                ct.allocated_bytes() / 1_000_000,
+                ct.page_backing()
             );
         }
     }

@@ -32,21 +32,35 @@
 //! flow, and the miss cases add new flows on top.
 //!
 //! Run: `cargo bench -p sluice-bench --bench pipeline`.
+//!
+//! Counting mode, for tools that count rather than time (this machine's VM exposes no
+//! hardware counters; `valgrind --tool=cachegrind` counts instructions and simulates the
+//! caches): `SLUICE_PIPELINE_COUNT=MODE/CASE/SIZE:N` runs `N` iterations of one hit case
+//! (`dsr|nat|gue`, `hit|burst32`, `n1k|n100k`) after the usual setup and exits. Two runs
+//! with different `N` give the per-packet cost as the difference over the extra packets.
+//! Three more `CASE`s time one stage alone, for the per-stage breakdown: `parse`
+//! (`parse_frame`), `service` (`Services::service_of` on parsed frames) and `conntrack`
+//! (`ConnTrack::lookup_tcp` of each flow's key, one at a time, in a table of the same
+//! capacity holding the flows). `...:N:R` times `R` rounds of `N` iterations and prints the
+//! minimum, 10th percentile and median ns per packet: on a shared machine, rounds shorter than a scheduler slice (a few
+//! hundred µs) often run undisturbed, so the low percentiles are steadier than criterion's
+//! mean over long samples.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use sluice_dataplane::conntrack::{Tick, Timeouts};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
+use sluice_dataplane::conntrack::{ConnTrack, Entry, Tick, TickRate, Timeouts};
+use sluice_dataplane::flow::FlowKey;
 use sluice_dataplane::maglev::TableSize;
 use sluice_dataplane::pipeline::{
-    PacketBuf, Pipeline, PipelineConfig, StaticServices, VecBuf, Verdict,
+    PacketBuf, Pipeline, PipelineConfig, Services, StaticServices, VecBuf, Verdict,
 };
 use sluice_dataplane::tables::{
     Backend, BackendId, BackendState, Mode, Proto, ServiceId, ServiceKey,
 };
-use sluice_dataplane::wire::{EthernetAddress, checksum};
+use sluice_dataplane::wire::{EthernetAddress, ParsedFrame, TcpFlags, checksum, parse_frame};
 
 const SERVICES: u32 = 64;
 const BACKENDS: u32 = 32;
@@ -289,5 +303,118 @@ fn bench_pipeline(c: &mut Criterion) {
     group.finish();
 }
 
+/// `SLUICE_PIPELINE_COUNT=MODE/CASE/SIZE:N[:R]` (module docs): `N` iterations of one hit
+/// case, or `R` timed rounds of `N` iterations each.
+fn count_mode(spec: &str) {
+    let mut parts = spec.split(':');
+    let case = parts.next().unwrap_or_default();
+    let n: usize = parts.next().expect("MODE/CASE/SIZE:N").parse().expect("N");
+    let rounds: usize = parts.next().map_or(1, |r| r.parse().expect("R"));
+    let fields: Vec<&str> = case.split('/').collect();
+    let [mode, kind, size] = fields[..] else {
+        panic!("MODE/CASE/SIZE, got {case}");
+    };
+    let mode = match mode {
+        "dsr" => Mode::Dsr,
+        "nat" => Mode::Nat,
+        "gue" => Mode::EncapGue,
+        m => panic!("mode {m}"),
+    };
+    let mut rng = 0x7069_7065_6c69_6e65_u64;
+    let established = flows(FLOWS, &mut rng, false, 0x0a00_0000);
+    let few = flows(1000, &mut rng, false, 0x0b00_0000);
+    let set = if size == "n1k" { &few } else { &established };
+    let s = services(mode);
+    let mut p = warmed(&s, set);
+    let mut i = 0usize;
+    let mut buf = VecBuf::new(set.get(0));
+    let mut bufs: Vec<VecBuf> = (0..BURST).map(|_| VecBuf::new(set.get(0))).collect();
+    let mut verdicts = [Verdict::Exception; BURST];
+    let parsed: Vec<ParsedFrame> = set.iter().map(|f| parse_frame(f).unwrap()).collect();
+    let keys: Vec<FlowKey> = parsed
+        .iter()
+        .map(|pf| FlowKey::new(pf.src, pf.dst, pf.src_port, pf.dst_port, pf.proto))
+        .collect();
+    let mut ct =
+        ConnTrack::new((4 * set.n).max(4096), &Timeouts::default(), TickRate::NANOS).unwrap();
+    #[derive(Clone, Copy, PartialEq)]
+    enum Kind {
+        Burst,
+        Hit,
+        Parse,
+        Service,
+        Conntrack,
+    }
+    let kind = match kind {
+        "burst32" => Kind::Burst,
+        "hit" => Kind::Hit,
+        "parse" => Kind::Parse,
+        "service" => Kind::Service,
+        "conntrack" => Kind::Conntrack,
+        k => panic!("case {k}"),
+    };
+    if kind == Kind::Conntrack {
+        for k in &keys {
+            ct.insert(*k, Entry::new(1, 1), TcpFlags(TcpFlags::ACK), T0)
+                .unwrap();
+        }
+    }
+    let per = if kind == Kind::Burst { BURST } else { 1 };
+    let mut times = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let start = Instant::now();
+        for _ in 0..n {
+            match kind {
+                Kind::Burst => {
+                    for buf in &mut bufs {
+                        buf.reset(set.get(i));
+                        i = (i + 1) % set.n;
+                    }
+                    black_box(p.process_burst(0, &mut bufs, &mut verdicts, &s, T0));
+                }
+                Kind::Hit => {
+                    buf.reset(set.get(i));
+                    i = (i + 1) % set.n;
+                    let _ = black_box(p.process(&mut buf, &s, T0));
+                }
+                Kind::Parse => {
+                    let _ = black_box(parse_frame(black_box(set.get(i))));
+                    i = (i + 1) % set.n;
+                }
+                Kind::Service => {
+                    let pf = &parsed[i];
+                    black_box(s.service_of(pf.dst, pf.dst_port, pf.proto.0).is_some());
+                    i = (i + 1) % set.n;
+                }
+                Kind::Conntrack => {
+                    let flags = TcpFlags(TcpFlags::ACK);
+                    black_box(ct.lookup_tcp(&keys[i], flags, T0).is_some());
+                    i = (i + 1) % set.n;
+                }
+            }
+        }
+        let packets = u32::try_from(n * per).unwrap();
+        times.push(start.elapsed().as_secs_f64() * 1e9 / f64::from(packets));
+    }
+    assert_eq!(p.counters().dropped(), 0);
+    times.sort_by(f64::total_cmp);
+    let q = |pct: usize| times[(times.len() - 1) * pct / 100];
+    println!(
+        "{case}: {rounds} x {n} iterations, {:?}; ns/packet min {:.1} p10 {:.1} median {:.1}",
+        p.conntrack().page_backing(),
+        q(0),
+        q(10),
+        q(50)
+    );
+}
+
 criterion_group!(benches, bench_pipeline);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(spec) = std::env::var("SLUICE_PIPELINE_COUNT") {
+        count_mode(&spec);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -140,7 +140,7 @@ pub fn run(mut w: WorkerSetup) -> Pipeline {
                 continue;
             }
             let port = u16::try_from(p).unwrap_or(u16::MAX);
-            // The staged burst path: parse and hash all, prefetch conntrack, then process.
+            // The burst path: each packet's conntrack slot is prefetched a few packets ahead.
             let k = w.pipeline.process_burst(
                 port,
                 rx_burst.as_mut_slice(),

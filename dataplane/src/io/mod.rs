@@ -1,6 +1,7 @@
 //! The safe DPDK wrapper (behind the `dpdk` feature): the only code besides `sluice-ffi` that
-//! calls DPDK. Also home of the other mapped-memory code (the shared table region), which
-//! `control` uses without DPDK.
+//! calls DPDK. Also home of the other mapped-memory code, built without DPDK too: the shared
+//! table region, which `control` uses, and the hugepage-backed arrays and prefetch hint of
+//! the per-worker conntrack table ([`mem`]).
 //!
 //! It exposes [`Eal`], [`Mempool`], [`Port`], [`RxQueue`], [`TxQueue`], [`Mbuf`] and
 //! [`MbufBurst`]; everything above this module sees packet bytes as `&[u8]` / `&mut [u8]`.
@@ -30,6 +31,7 @@ mod eal;
 mod error;
 #[cfg(feature = "dpdk")]
 mod mbuf;
+pub mod mem;
 #[cfg(feature = "dpdk")]
 mod mempool;
 #[cfg(feature = "dpdk")]
