@@ -39,8 +39,8 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use sluice_dataplane::maglev::{MaglevBackend, MaglevTable, TableSize, build};
 use sluice_dataplane::tables::{
-    Backend, BackendId, BackendState, Backing, Capacity, Mode, ServiceId, ServiceKey, ServiceSpec,
-    ServiceUpdate, Tables, Tick, Writer, WriterOptions,
+    Affinity, Backend, BackendId, BackendState, Backing, Capacity, Mode, ServiceId, ServiceKey,
+    ServiceSpec, ServiceUpdate, Tables, Tick, Writer, WriterOptions,
 };
 
 const SERVICES: u8 = 64;
@@ -94,6 +94,7 @@ impl Svc {
             key: self.key,
             id: ServiceId(self.id),
             mode: Mode::EncapIpip,
+            affinity: Affinity::None,
             backends: &self.backends,
             table: &self.table,
         })

@@ -18,7 +18,8 @@
 //! - pool names are unique and non-empty; every pool address is a CIDR (`10.0.0.0/24`, host
 //!   bits zero) or a range (`10.0.0.10-10.0.0.20`, one family, first ≤ last);
 //! - service names are unique and non-empty, keys `(vip, port, protocol)` are unique, `port`
-//!   is 1–65535, `protocol`/`mode` are known, `table_size` is one of [`MAGLEV_SIZES`];
+//!   is 1–65535, `protocol`/`mode`/`session_affinity` are known, `table_size` is one of
+//!   [`MAGLEV_SIZES`];
 //! - when any pool is configured, every VIP lies in some pool;
 //! - a service has at least one backend and at most [`MAX_BACKENDS`]; no more active backends
 //!   than `table_size` entries;
@@ -42,8 +43,8 @@
 //! A service whose backends all drain accepts no new flows.
 //!
 //! **Health checks** ([`HealthCheck`], run by [`crate::health`]) do not change what is
-//! published: a service's tables depend on its key, mode, size and backends only, so a reload
-//! that changes only `[services.health]` rewrites no table.
+//! published: a service's tables depend on its key, mode, affinity, size and backends only,
+//! so a reload that changes only `[services.health]` rewrites no table.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -57,7 +58,7 @@ pub use bgp::{
 use serde::Deserialize;
 use sluice_dataplane::maglev::{MAGLEV_SIZES, MAX_BACKENDS, TableSize};
 use sluice_dataplane::tables::layout::Geometry;
-use sluice_dataplane::tables::{BackendState, Capacity, Mode, Proto, ServiceKey};
+use sluice_dataplane::tables::{Affinity, BackendState, Capacity, Mode, Proto, ServiceKey};
 
 mod bgp;
 mod kubernetes;
@@ -321,6 +322,11 @@ pub struct ServiceSection {
     /// moves nearly every new flow.
     #[serde(default = "default_table_size")]
     pub table_size: u32,
+    /// `"none"` (each connection is placed on its own) or `"client_ip"` (every connection
+    /// from one client address goes to the same backend, on every LB node; Kubernetes
+    /// `sessionAffinity: ClientIP`). Default `"none"`.
+    #[serde(default = "default_session_affinity")]
+    pub session_affinity: String,
     /// The backends (at least one).
     pub backends: Vec<BackendSection>,
     /// `[services.health]`: an active check run against every backend. Default: none (no
@@ -384,6 +390,9 @@ fn default_protocol() -> String {
 }
 fn default_mode() -> String {
     "nat".into()
+}
+fn default_session_affinity() -> String {
+    "none".into()
 }
 fn default_table_size() -> u32 {
     TableSize::DEFAULT.get()
@@ -457,6 +466,8 @@ pub struct ServiceDef {
     pub key: ServiceKey,
     /// Forwarding mode.
     pub mode: Mode,
+    /// Session affinity: which connections share a backend.
+    pub affinity: Affinity,
     /// Maglev table size.
     pub table_size: TableSize,
     /// Backends, sorted by name (unique).
@@ -868,6 +879,16 @@ fn validate_service(
         }
     };
     let mode = parse_mode(&s.mode).map_err(|r| bad(format!("{f}.mode"), r))?;
+    let affinity = match s.session_affinity.as_str() {
+        "none" => Affinity::None,
+        "client_ip" => Affinity::ClientIp,
+        other => {
+            return Err(bad(
+                format!("{f}.session_affinity"),
+                format!("{other:?}: expected \"none\" or \"client_ip\""),
+            ));
+        }
+    };
     let table_size = TableSize::try_new(s.table_size).map_err(|_| {
         bad(
             format!("{f}.table_size"),
@@ -979,6 +1000,7 @@ fn validate_service(
     Ok(ServiceDef {
         key: ServiceKey::new(vip, s.port, proto),
         mode,
+        affinity,
         table_size,
         backends,
         health,
@@ -1574,6 +1596,22 @@ mac = "02:90:00:00:00:0b"
             "services[0].table_size",
             "not one of",
         );
+        rejects(
+            "mode = \"nat\"",
+            "mode = \"nat\"\nsession_affinity = \"ClientIP\"",
+            "services[0].session_affinity",
+            "\"none\" or \"client_ip\"",
+        );
+        // Default none; `client_ip` is taken.
+        let d = check(EXAMPLE).expect("example");
+        assert!(d.services.values().all(|s| s.affinity == Affinity::None));
+        let sticky = EXAMPLE.replacen(
+            "mode = \"nat\"",
+            "mode = \"nat\"\nsession_affinity = \"client_ip\"",
+            1,
+        );
+        let d = check(&sticky).expect("client_ip");
+        assert_eq!(d.services["web"].affinity, Affinity::ClientIp);
         // More active backends than entries.
         let mut many = EXAMPLE.replacen("table_size = 65537", "table_size = 251", 1);
         for i in 0..251 {

@@ -5,7 +5,7 @@
 //!
 //! - **Only the difference is published.** [`diff`] compares the running services with the
 //!   desired ones by name: a service is *added*, *removed*, *changed* (any field differs: key,
-//!   mode, table size, a backend's address/port/MAC/weight/state, the backend set) or
+//!   mode, affinity, table size, a backend's address/port/MAC/weight/state, the backend set) or
 //!   *unchanged* (the `health` check is not compared: it publishes nothing). Unchanged
 //!   services are not rewritten: their arena blocks stay shared with the previous generation.
 //!   A service whose key changed is an upsert of the new key plus a removal of the old one,
@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sluice_dataplane::maglev::{MaglevBackend, MaglevBuilder, MaglevError, MaglevTable};
 use sluice_dataplane::tables::{
-    Backend, BackendId, Mode, ServiceId, ServiceKey, ServiceSpec, ServiceUpdate, Writer,
+    Affinity, Backend, BackendId, Mode, ServiceId, ServiceKey, ServiceSpec, ServiceUpdate, Writer,
 };
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
@@ -102,11 +102,16 @@ fn same_tables(a: &ServiceDef, b: &ServiceDef) -> bool {
     let ServiceDef {
         key,
         mode,
+        affinity,
         table_size,
         backends,
         health: _,
     } = a;
-    *key == b.key && *mode == b.mode && *table_size == b.table_size && *backends == b.backends
+    *key == b.key
+        && *mode == b.mode
+        && *affinity == b.affinity
+        && *table_size == b.table_size
+        && *backends == b.backends
 }
 
 /// Stable service and backend ids (see the module docs).
@@ -189,6 +194,7 @@ struct Built {
     key: ServiceKey,
     id: ServiceId,
     mode: Mode,
+    affinity: Affinity,
     backends: Vec<Backend>,
     table: MaglevTable,
 }
@@ -218,6 +224,7 @@ impl Prepared {
                     key: b.key,
                     id: b.id,
                     mode: b.mode,
+                    affinity: b.affinity,
                     backends: &b.backends,
                     table: &b.table,
                 })
@@ -339,6 +346,7 @@ impl Publisher {
                 key: def.key,
                 id,
                 mode: def.mode,
+                affinity: def.affinity,
                 backends,
                 table,
             });
@@ -487,7 +495,7 @@ mac = "02:90:00:00:00:0b"
         assert_eq!(d.changed, ["web"]);
         assert_eq!(d.removed, ["dns"]);
         assert_eq!(d.unchanged, 0);
-        // A weight, state, MAC or mode change is a change.
+        // A weight, state, MAC, mode, affinity or table size change is a change.
         for (from, to) in [
             (
                 "mac = \"02:90:00:00:00:0c\"",
@@ -499,6 +507,10 @@ mac = "02:90:00:00:00:0b"
             ),
             ("mac = \"02:90:00:00:00:0c\"", "mac = \"02:90:00:00:00:0e\""),
             ("mode = \"nat\"", "mode = \"dsr\""),
+            (
+                "mode = \"nat\"",
+                "mode = \"nat\"\nsession_affinity = \"client_ip\"",
+            ),
             ("table_size = 65537", "table_size = 131071"),
         ] {
             let c = desired(&format!("{EXAMPLE}{DNS}").replacen(from, to, 1));
@@ -535,6 +547,31 @@ mac = "02:90:00:00:00:0b"
             &EXAMPLE[EXAMPLE.find("[[services]]").unwrap()..]
         ));
         assert_eq!(diff(&a.services, &moved.services).unchanged, 2);
+    }
+
+    /// `session_affinity` reaches the published entry, and changing it republishes.
+    #[test]
+    fn affinity_is_published_and_its_change_republishes() {
+        let mut r = Region::new("affinity");
+        let mut p = Publisher::new();
+        let sticky = EXAMPLE.replacen(
+            "mode = \"nat\"",
+            "mode = \"nat\"\nsession_affinity = \"client_ip\"",
+            1,
+        );
+        let d = desired(&sticky);
+        publish(&mut p, r.w(), &d);
+        let key = d.services["web"].key;
+        assert_eq!(
+            r.w().service(&key).expect("web").1.affinity(),
+            Affinity::ClientIp
+        );
+        let (diff, n) = publish(&mut p, r.w(), &desired(EXAMPLE));
+        assert_eq!((diff.changed, n), (vec!["web".to_owned()], 1));
+        assert_eq!(
+            r.w().service(&key).expect("web").1.affinity(),
+            Affinity::None
+        );
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //!
 //! # Contract
 //!
-//! - **One key type for both families.** Addresses are stored as 16 bytes; an IPv4 address is
-//!   stored v4-mapped (`::ffff:a.b.c.d`, RFC 4291 §2.5.5.2) and the key carries its
+//! - **One key type for both families.** Addresses are stored as 128-bit values (IPv6 width);
+//!   an IPv4 address is stored v4-mapped (`::ffff:a.b.c.d`, RFC 4291 §2.5.5.2) and the key carries its
 //!   [`Family`], so an IPv4 flow and the IPv6 flow to the mapped address are different keys
 //!   with different hashes.
 //! - **`flow_hash` is a cross-node contract.** Every LB node must send a given flow to the same
@@ -27,6 +27,11 @@
 //!      36    2  destination port, big-endian (same)
 //! ```
 //!
+//! - **Client-IP affinity hashes the source only.** A service with client-IP affinity picks
+//!   by [`client_hash`]: the same serialization with only the family and the source address
+//!   set (protocol and ports zero, destination the family's unspecified address, stored as
+//!   usual: `::ffff:0.0.0.0` for IPv4, `::` for IPv6), so every flow and fragment of a client
+//!   lands on one backend on every node.
 //! - **Fragments hash on the 3-tuple.** Any IP fragment — the first (offset 0, MF set) as
 //!   well as later ones — must use [`flow_hash_3tuple`] / [`FlowKey::three_tuple`], which is
 //!   the same serialization with both ports zero. Only the first fragment carries the L4
@@ -57,20 +62,33 @@ pub enum Family {
 
 /// A flow's 5-tuple: `(family, protocol, src, dst, src port, dst port)`.
 ///
-/// 40 bytes, `Copy`, alignment 4; `Option<FlowKey>` is the same size (the [`Family`] byte
+/// 40 bytes, `Copy`, alignment 8; `Option<FlowKey>` is the same size (the [`Family`] byte
 /// gives the niche). Ports are host-order numbers; they are 0 for protocols without ports and
 /// in 3-tuple keys (fragments).
-#[derive(Clone, Copy, Eq, PartialOrd, Ord)]
+///
+/// Addresses are held as numbers (`Ipv6Addr::to_bits`, split in a high and a low word), not
+/// as 16 bytes: a key is then built from a parsed IPv4 address with one load, a byte swap
+/// and an OR. A key assembled byte by byte was rebuilt into words by shifts and ORs on every
+/// packet (some 40 instructions). With `repr(C)` and an explicit zero pad, the key is five
+/// whole words ([`FlowKey::words`]), which is how it is compared and hashed. The order
+/// ([`Ord`]) is still family, protocol, source, destination, ports, with addresses in byte
+/// order: comparing the (high, low) words is comparing the bytes.
+#[derive(Clone, Copy, Eq)]
+#[repr(C)]
 pub struct FlowKey {
-    family: Family,
-    proto: u8,
-    src: [u8; 16],
-    dst: [u8; 16],
+    /// `[high, low]` 64-bit halves of the source address's 128-bit value.
+    src: [u64; 2],
+    /// The same for the destination.
+    dst: [u64; 2],
     /// `src_port << 16 | dst_port`: one field, so that a key is stored and read back as one
     /// word. Two `u16` fields were stored apart and then read as one combined load by the
     /// hash, which cannot take its data from two pending stores (a store-forwarding stall on
     /// every conntrack lookup). The order is the same as the two ports' order.
     ports: u32,
+    family: Family,
+    proto: u8,
+    /// Always 0: the last word of the key has no padding bytes in it.
+    pad: u16,
 }
 
 const _: () = assert!(size_of::<FlowKey>() == 40);
@@ -86,7 +104,7 @@ const fn pack_ports(src_port: u16, dst_port: u16) -> u32 {
 
 impl FlowKey {
     /// An IPv4 5-tuple.
-    #[inline]
+    #[inline(always)]
     #[must_use]
     pub const fn v4(
         src: Ipv4Addr,
@@ -98,14 +116,15 @@ impl FlowKey {
         Self {
             family: Family::V4,
             proto: proto.0,
-            src: src.to_ipv6_mapped().octets(),
-            dst: dst.to_ipv6_mapped().octets(),
+            src: v4_words(src),
+            dst: v4_words(dst),
             ports: pack_ports(src_port, dst_port),
+            pad: 0,
         }
     }
 
     /// An IPv6 5-tuple.
-    #[inline]
+    #[inline(always)]
     #[must_use]
     pub const fn v6(
         src: Ipv6Addr,
@@ -117,16 +136,17 @@ impl FlowKey {
         Self {
             family: Family::V6,
             proto: proto.0,
-            src: src.octets(),
-            dst: dst.octets(),
+            src: v6_words(src),
+            dst: v6_words(dst),
             ports: pack_ports(src_port, dst_port),
+            pad: 0,
         }
     }
 
     /// A 5-tuple from addresses of either family. Two IPv4 addresses give an IPv4 key; if
     /// either address is IPv6 the key is IPv6 and an IPv4 address in it is mapped
     /// (`::ffff:a.b.c.d`). Parsed packets always have one family.
-    #[inline]
+    #[inline(always)]
     #[must_use]
     pub const fn new(
         src: IpAddr,
@@ -159,6 +179,7 @@ impl FlowKey {
             src: self.dst,
             dst: self.src,
             ports: self.ports.rotate_left(16),
+            pad: 0,
         }
     }
 
@@ -201,14 +222,14 @@ impl FlowKey {
     #[inline]
     #[must_use]
     pub const fn src_octets(&self) -> [u8; 16] {
-        self.src
+        octets(self.src)
     }
 
     /// Destination address as stored: 16 bytes, v4-mapped for IPv4.
     #[inline]
     #[must_use]
     pub const fn dst_octets(&self) -> [u8; 16] {
-        self.dst
+        octets(self.dst)
     }
 
     /// Source port (0 when none).
@@ -229,6 +250,22 @@ impl FlowKey {
         p
     }
 
+    /// The key as five words, for comparison and process-local keyed hashing (conntrack):
+    /// the source address as two words, the destination as two, then ports, family and
+    /// protocol (`ports | family << 32 | proto << 40`: the key's last eight bytes, read as
+    /// one word on little-endian machines). Not part of any cross-node contract.
+    #[inline]
+    #[must_use]
+    pub fn words(&self) -> [u64; 5] {
+        let [s0, s1] = self.src;
+        let [d0, d1] = self.dst;
+        let rest = u64::from(self.ports)
+            | u64::from(self.family as u8) << 32
+            | u64::from(self.proto) << 40
+            | u64::from(self.pad) << 48;
+        [s0, s1, d0, d1, rest]
+    }
+
     /// The 38-byte serialization [`flow_hash`] hashes (layout in the module docs). Part of
     /// the cross-node contract.
     #[inline]
@@ -237,25 +274,39 @@ impl FlowKey {
         let mut b = [0u8; FLOW_HASH_INPUT_LEN];
         b[0] = self.family as u8;
         b[1] = self.proto;
-        b[2..18].copy_from_slice(&self.src);
-        b[18..34].copy_from_slice(&self.dst);
+        b[2..18].copy_from_slice(&self.src_octets());
+        b[18..34].copy_from_slice(&self.dst_octets());
         b[34..38].copy_from_slice(&self.ports.to_be_bytes());
         b
     }
 }
 
 impl PartialEq for FlowKey {
-    /// Field equality, as derived, compared as three words (the addresses as `u128`s, the
-    /// rest packed) instead of a branch per field: every conntrack probe compares keys.
+    /// Field equality, compared as the five words of [`FlowKey::words`] instead of a branch
+    /// per field: every conntrack probe compares keys.
     #[inline]
     fn eq(&self, other: &Self) -> bool {
-        let rest = |k: &Self| {
-            u64::from(k.ports) | u64::from(k.proto) << 32 | u64::from(k.family as u8) << 40
-        };
-        ((u128::from_ne_bytes(self.src) ^ u128::from_ne_bytes(other.src))
-            | (u128::from_ne_bytes(self.dst) ^ u128::from_ne_bytes(other.dst))
-            | u128::from(rest(self) ^ rest(other)))
-            == 0
+        let (a, b) = (self.words(), other.words());
+        ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4])) == 0
+    }
+}
+
+impl Ord for FlowKey {
+    /// Family, protocol, source, destination, then ports (source port first).
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.family, self.proto, self.src, self.dst, self.ports).cmp(&(
+            other.family,
+            other.proto,
+            other.src,
+            other.dst,
+            other.ports,
+        ))
+    }
+}
+
+impl PartialOrd for FlowKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -264,8 +315,9 @@ impl Hash for FlowKey {
     /// length before each address). Only for process-local tables: this is not [`flow_hash`].
     #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u128(u128::from_ne_bytes(self.src));
-        state.write_u128(u128::from_ne_bytes(self.dst));
+        let [s0, s1, d0, d1, _] = self.words();
+        state.write_u128(u128::from(s0) << 64 | u128::from(s1));
+        state.write_u128(u128::from(d0) << 64 | u128::from(d1));
         state.write_u64(
             u64::from(self.ports)
                 | u64::from(self.proto) << 32
@@ -297,6 +349,30 @@ impl std::fmt::Debug for FlowKey {
     }
 }
 
+/// The `[high, low]` words of an IPv4 address mapped to IPv6 (`::ffff:a.b.c.d`).
+#[inline]
+const fn v4_words(a: Ipv4Addr) -> [u64; 2] {
+    [0, 0xffff_0000_0000 | a.to_bits() as u64]
+}
+
+/// The `[high, low]` words of an IPv6 address.
+#[inline]
+const fn v6_words(a: Ipv6Addr) -> [u64; 2] {
+    let x = a.to_bits();
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "the two halves, on purpose"
+    )]
+    let w = [(x >> 64) as u64, x as u64];
+    w
+}
+
+/// The 16 bytes of an address held as `[high, low]` words.
+#[inline]
+const fn octets(w: [u64; 2]) -> [u8; 16] {
+    ((w[0] as u128) << 64 | w[1] as u128).to_be_bytes()
+}
+
 #[inline]
 const fn to_v6(a: IpAddr) -> Ipv6Addr {
     match a {
@@ -306,12 +382,14 @@ const fn to_v6(a: IpAddr) -> Ipv6Addr {
 }
 
 #[inline]
-const fn addr(family: Family, octets: [u8; 16]) -> IpAddr {
+const fn addr(family: Family, w: [u64; 2]) -> IpAddr {
     match family {
-        Family::V4 => IpAddr::V4(Ipv4Addr::new(
-            octets[12], octets[13], octets[14], octets[15],
-        )),
-        Family::V6 => IpAddr::V6(Ipv6Addr::from_octets(octets)),
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "the IPv4 address is the low 32 bits"
+        )]
+        Family::V4 => IpAddr::V4(Ipv4Addr::from_bits(w[1] as u32)),
+        Family::V6 => IpAddr::V6(Ipv6Addr::from_bits((w[0] as u128) << 64 | w[1] as u128)),
     }
 }
 
@@ -400,7 +478,7 @@ fn le32(b: &[u8; 16], at: usize) -> u64 {
 #[inline]
 fn xxh3_38(key: &FlowKey, seed: u64) -> u64 {
     const PRIME64_1: u64 = 0x9E37_79B1_85EB_CA87;
-    let (s, d) = (&key.src, &key.dst);
+    let (s, d) = (&key.src_octets(), &key.dst_octets());
     let sport = u64::from(key.src_port().swap_bytes());
     let dport = u64::from(key.dst_port().swap_bytes());
     // Little-endian words of the serialization at the offsets xxh3 reads.
@@ -433,6 +511,22 @@ pub fn flow_hash_3tuple(src: IpAddr, dst: IpAddr, proto: IpProtocol, seed: u64) 
     flow_hash(&FlowKey::three_tuple(src, dst, proto), seed)
 }
 
+/// The client hash, for services with client-IP affinity: [`flow_hash`] of the key with only
+/// the source address set (destination the unspecified address of its family, protocol and
+/// ports zero), so every flow and fragment from one client gets one value. Part of the
+/// cross-node contract like [`flow_hash`] (same serialization, same seed): every node sends
+/// a client to the same backend. `tests::client_hash_is_the_source_only_serialization` pins
+/// it to the reference xxh3 on the documented bytes.
+#[inline]
+#[must_use]
+pub fn client_hash(src: IpAddr, seed: u64) -> u64 {
+    let key = match src {
+        IpAddr::V4(a) => FlowKey::v4(a, Ipv4Addr::UNSPECIFIED, 0, 0, IpProtocol(0)),
+        IpAddr::V6(a) => FlowKey::v6(a, Ipv6Addr::UNSPECIFIED, 0, 0, IpProtocol(0)),
+    };
+    flow_hash(&key, seed)
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -460,6 +554,26 @@ mod tests {
             443,
             IpProtocol::TCP,
         )
+    }
+
+    /// `client_hash` is xxh3 over the documented 38 bytes with only the family and the
+    /// source set, whatever the rest of a flow is.
+    #[test]
+    fn client_hash_is_the_source_only_serialization() {
+        let mut b = [0u8; FLOW_HASH_INPUT_LEN];
+        b[0] = 4;
+        b[12..14].copy_from_slice(&[0xff, 0xff]);
+        b[14..18].copy_from_slice(&[192, 0, 2, 1]);
+        // The destination, 0.0.0.0, v4-mapped.
+        b[28..30].copy_from_slice(&[0xff, 0xff]);
+        let v4 = client_hash(k4().src(), SEED);
+        assert_eq!(v4, xxh3_64_with_seed(&b, SEED));
+        let mut b6 = [0u8; FLOW_HASH_INPUT_LEN];
+        b6[0] = 6;
+        b6[2..18].copy_from_slice(&k6().src_octets());
+        assert_eq!(client_hash(k6().src(), SEED), xxh3_64_with_seed(&b6, SEED));
+        assert_ne!(v4, client_hash("192.0.2.2".parse().unwrap(), SEED));
+        assert_ne!(v4, client_hash(k4().src(), SEED ^ 1));
     }
 
     #[test]

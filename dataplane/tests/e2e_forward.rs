@@ -12,7 +12,7 @@ mod common;
 
 use std::time::Duration;
 
-use sluice_dataplane::tables::{Mode, Proto, ServiceKey};
+use sluice_dataplane::tables::{Affinity, Mode, Proto, ServiceKey};
 use sluice_testbed::{BackendMode, OneArm, Proc, addr, bin_path, client_result, run_client};
 
 use common::lb::{Lb, PORT};
@@ -93,6 +93,33 @@ fn nat_mode_spreads_real_tcp_over_all_backends_v4_and_v6() {
 #[test]
 fn dsr_mode_spreads_real_tcp_over_all_backends_v4_and_v6() {
     spreads_over_all_backends("dsr", BackendMode::Dsr, Mode::Dsr);
+}
+
+/// Client-IP affinity: 40 connections from the one client (40 source ports) all land on one
+/// backend of three, while the same service without affinity spreads them.
+#[test]
+fn client_ip_affinity_keeps_every_connection_of_a_client_on_one_backend() {
+    let tb = OneArm::new("aff", 3, BackendMode::Nat).expect("testbed");
+    let _servers = servers(&tb);
+    let mut lb = Lb::start(&tb, "aff");
+    lb.publish_with(1, addr::VIP4, Mode::Nat, Affinity::ClientIp, &[0, 1, 2]);
+    let t4 = format!("{}:{PORT}", addr::VIP4);
+    let args = ["--connections", "40", "--size", "500", "--concurrency", "4"];
+    let out = run_client(&tb.client, &t4, &args, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("client: {e}\n{}", lb.status()));
+    let (ok, failed, per) = client_result(&out).expect("RESULT line");
+    assert_eq!((ok, failed), (40, 0), "{out}");
+    assert_eq!(
+        per.len(),
+        1,
+        "affinity: one backend for the client, got {per:?}"
+    );
+    println!("affinity: {per:?}");
+    // The same service without affinity spreads the client's connections again.
+    lb.publish_with(1, addr::VIP4, Mode::Nat, Affinity::None, &[0, 1, 2]);
+    let out = run_client(&tb.client, &t4, &args, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("client: {e}\n{}", lb.status()));
+    check_spread(&out, 40, 3);
 }
 
 /// Long-lived connections opened while the service has two backends keep their backend when a

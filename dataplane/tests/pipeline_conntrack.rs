@@ -13,8 +13,8 @@ use sluice_dataplane::conntrack::Tick;
 use sluice_dataplane::maglev::{self, MaglevBackend, TableSize};
 use sluice_dataplane::pipeline::{DropReason, Pipeline, StaticServices, Verdict};
 use sluice_dataplane::tables::{
-    Backend, BackendId, BackendState, Backing, Capacity, Mode, ServiceId, ServiceKey, ServiceSpec,
-    ServiceUpdate, Tables, Worker, Writer, WriterOptions,
+    Affinity, Backend, BackendId, BackendState, Backing, Capacity, Mode, ServiceId, ServiceKey,
+    ServiceSpec, ServiceUpdate, Tables, Worker, Writer, WriterOptions,
 };
 use support::*;
 
@@ -361,6 +361,7 @@ fn publish(w: &mut Writer, mode: Mode, backends: &[Backend]) {
         key: key(),
         id: ServiceId(7),
         mode,
+        affinity: Affinity::None,
         backends,
         table: &table,
     })])

@@ -24,8 +24,8 @@ use sluice_dataplane::conntrack::Tick;
 use sluice_dataplane::maglev::{self, MaglevBackend, TableSize};
 use sluice_dataplane::pipeline::{PacketBuf, Pipeline, StaticServices, VecBuf, Verdict};
 use sluice_dataplane::tables::{
-    Backend, Backing, Capacity, Mode, ServiceId, ServiceKey, ServiceSpec, ServiceUpdate, Tables,
-    Worker, Writer, WriterOptions,
+    Affinity, Backend, Backing, Capacity, Mode, ServiceId, ServiceKey, ServiceSpec, ServiceUpdate,
+    Tables, Worker, Writer, WriterOptions,
 };
 use sluice_dataplane::wire::parse_frame;
 use support::*;
@@ -106,6 +106,7 @@ fn shared(name: &str) -> (Writer, Tables, Worker) {
                 key: *key,
                 id: *id,
                 mode: *mode,
+                affinity: Affinity::None,
                 backends,
                 table,
             })

@@ -11,8 +11,9 @@ use std::os::unix::fs::FileExt as _;
 use sluice_dataplane::maglev::{self, MaglevBackend, MaglevTable, TableSize};
 use sluice_dataplane::tables::layout::{ABI_VERSION, Header};
 use sluice_dataplane::tables::{
-    BACKEND_COUNTER_SLOTS, Backend, BackendId, BackendState, Backing, Capacity, Mode, ServiceId,
-    ServiceKey, ServiceSpec, ServiceUpdate, ShmError, Tables, Tick, Writer, WriterOptions,
+    Affinity, BACKEND_COUNTER_SLOTS, Backend, BackendId, BackendState, Backing, Capacity, Mode,
+    ServiceId, ServiceKey, ServiceSpec, ServiceUpdate, ShmError, Tables, Tick, Writer,
+    WriterOptions,
 };
 
 struct Cleanup(String);
@@ -70,6 +71,7 @@ fn publish(w: &mut Writer, bs: &[Backend]) {
         key: key(),
         id: ServiceId(1),
         mode: Mode::Nat,
+        affinity: Affinity::None,
         backends: bs,
         table: &t,
     })])
@@ -218,12 +220,13 @@ fn slots_are_stable_and_zeroed_before_reuse() {
     );
 }
 
-/// An old region (version 2: 16-byte counters without connections) is refused by this build
-/// with a typed error that names both versions, and so is a header whose counter size
-/// disagrees with this build's.
+/// Old regions are refused by this build with a typed error that names both versions:
+/// version 2 (16-byte counters without connections) and version 3 (no client-affinity flag,
+/// which a version-3 dataplane would ignore); and so is a header whose counter size disagrees
+/// with this build's.
 #[test]
 fn older_abi_region_is_refused() {
-    assert_eq!(ABI_VERSION, 3);
+    assert_eq!(ABI_VERSION, 4);
     let (name, _c) = region("v2");
     let w = Writer::create(&name, CAP, Backing::Shm, WriterOptions::default()).unwrap();
     let f = OpenOptions::new()
@@ -231,36 +234,26 @@ fn older_abi_region_is_refused() {
         .open(format!("/dev/shm/sluice-{name}"))
         .unwrap();
     let at = u64::try_from(offset_of!(Header, abi_version)).unwrap();
-    f.write_all_at(&2u32.to_ne_bytes(), at).unwrap();
-    let err = Tables::map_with(&name, Backing::Shm).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ShmError::AbiMismatch {
-                found: 2,
-                expected: 3
-            }
-        ),
-        "{err:?}"
-    );
-    let msg = err.to_string();
-    assert!(
-        msg.contains("ABI version 2") && msg.contains("version 3"),
-        "{msg}"
-    );
-    // A restarted control refuses it the same way instead of writing into it.
     drop(w);
-    let err = Writer::attach_with(&name, Backing::Shm, WriterOptions::default()).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            ShmError::AbiMismatch {
-                found: 2,
-                expected: 3
-            }
-        ),
-        "{err:?}"
-    );
+    for old in [2u32, 3] {
+        f.write_all_at(&old.to_ne_bytes(), at).unwrap();
+        let err = Tables::map_with(&name, Backing::Shm).unwrap_err();
+        assert!(
+            matches!(err, ShmError::AbiMismatch { found, expected: 4 } if found == old),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("ABI version {old}")) && msg.contains("version 4"),
+            "{msg}"
+        );
+        // A restarted control refuses it the same way instead of writing into it.
+        let err = Writer::attach_with(&name, Backing::Shm, WriterOptions::default()).unwrap_err();
+        assert!(
+            matches!(err, ShmError::AbiMismatch { found, expected: 4 } if found == old),
+            "{err:?}"
+        );
+    }
 
     // The right version with another counter size: refused as a size mismatch.
     f.write_all_at(&ABI_VERSION.to_ne_bytes(), at).unwrap();

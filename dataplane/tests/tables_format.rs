@@ -16,8 +16,8 @@ use sluice_dataplane::tables::layout::{
     ABI_VERSION, DirHeader, Geometry, Header, MAGIC, ServiceEntry, WorkerBlock, unpack_published,
 };
 use sluice_dataplane::tables::{
-    Backend, BackendId, BackendState, Backing, Capacity, Mode, ServiceId, ServiceKey, ServiceSpec,
-    ServiceUpdate, ShmError, Tables, Writer, WriterOptions,
+    Affinity, Backend, BackendId, BackendState, Backing, Capacity, Mode, ServiceId, ServiceKey,
+    ServiceSpec, ServiceUpdate, ShmError, Tables, Writer, WriterOptions,
 };
 
 struct Cleanup(String);
@@ -97,6 +97,7 @@ fn upsert(s: &Svc) -> ServiceUpdate<'_> {
         key: s.key,
         id: ServiceId(1),
         mode: Mode::Dsr,
+        affinity: Affinity::None,
         backends: &s.backends,
         table: &s.table,
     })

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use sluice_dataplane::maglev::{self, MaglevBackend, MaglevTable, TableSize};
 use sluice_dataplane::tables::{
-    Backend, BackendId, BackendState, Backing, Capacity, Generation, Mode, Proto, PublishError,
-    ServiceId, ServiceKey, ServiceSpec, ServiceUpdate, ShmError, Tables, Tick, WorkerState, Writer,
-    WriterOptions, bump,
+    Affinity, Backend, BackendId, BackendState, Backing, Capacity, Generation, Mode, Proto,
+    PublishError, ServiceId, ServiceKey, ServiceSpec, ServiceUpdate, ShmError, Tables, Tick,
+    WorkerState, Writer, WriterOptions, bump,
 };
 use sluice_testbed::Proc;
 
@@ -106,6 +106,7 @@ impl Svc {
             key: self.key,
             id: ServiceId(self.id),
             mode: Mode::EncapGue,
+            affinity: Affinity::None,
             backends: &self.backends,
             table: &self.table,
         })
@@ -156,6 +157,39 @@ fn publish_and_lookup_match_maglev() {
         }
     }
     assert!(worker.service(&key(9)).is_none());
+}
+
+/// The client-affinity flag travels from the writer's spec to the worker's view, next to
+/// `SERVICE_IN_USE`, and a republication without it clears it.
+#[test]
+fn client_affinity_flag_is_published() {
+    use sluice_dataplane::tables::layout::{SERVICE_CLIENT_AFFINITY, SERVICE_IN_USE};
+    let (name, _c) = region("affinity");
+    let mut w = Writer::create(&name, cap(4, 1 << 20), Backing::Shm, options()).unwrap();
+    let a = Svc::new(key(1), 1, 3, 251);
+    let spec = |affinity| {
+        ServiceUpdate::Upsert(ServiceSpec {
+            key: a.key,
+            id: ServiceId(a.id),
+            mode: Mode::Nat,
+            affinity,
+            backends: &a.backends,
+            table: &a.table,
+        })
+    };
+    w.publish(&[spec(Affinity::ClientIp)]).unwrap();
+    let (_, e) = w.service(&a.key).unwrap();
+    assert_eq!(e.flags, SERVICE_IN_USE | SERVICE_CLIENT_AFFINITY);
+    let tables = Tables::map_with(&name, Backing::Shm).unwrap();
+    let mut worker = tables.register().unwrap();
+    assert_eq!(
+        worker.service(&a.key).unwrap().affinity(),
+        Affinity::ClientIp
+    );
+    let p = w.publish(&[spec(Affinity::None)]).unwrap();
+    assert_eq!(worker.check().unwrap(), Some(p.generation));
+    assert_eq!(worker.service(&a.key).unwrap().affinity(), Affinity::None);
+    assert_eq!(w.service(&a.key).unwrap().1.flags, SERVICE_IN_USE);
 }
 
 /// Updating one service writes only its own block: the other entries keep their offsets and

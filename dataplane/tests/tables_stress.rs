@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 use sluice_dataplane::maglev::{self, MaglevBackend, MaglevTable, TableSize};
 use sluice_dataplane::tables::layout::block_len;
 use sluice_dataplane::tables::{
-    Backend, BackendId, BackendState, Backing, Capacity, Generation, Mode, ServiceId, ServiceKey,
-    ServiceSpec, ServiceUpdate, Tables, Tick, WorkerState, Writer, WriterOptions,
+    Affinity, Backend, BackendId, BackendState, Backing, Capacity, Generation, Mode, ServiceId,
+    ServiceKey, ServiceSpec, ServiceUpdate, Tables, Tick, WorkerState, Writer, WriterOptions,
 };
 use sluice_testbed::Proc;
 
@@ -189,6 +189,7 @@ fn stress_cross_process() {
             key: key(CANARY),
             id: ServiceId(CANARY),
             mode: Mode::Nat,
+            affinity: Affinity::None,
             backends: &b,
             table: &t,
         })])
@@ -285,6 +286,7 @@ fn stress_cross_process() {
                 key: key(*s),
                 id: ServiceId(*s),
                 mode: Mode::Nat,
+                affinity: Affinity::None,
                 backends: b,
                 table: t,
             }));

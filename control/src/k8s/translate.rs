@@ -19,6 +19,9 @@
 //!   left out. The backend's name is the node's name;
 //! - the forwarding mode is the `sluice.io/mode` annotation (`nat`, `dsr`, `ipip`, `gue`) or
 //!   the configured default; modes other than `nat` need the target port to equal the port;
+//! - `spec.sessionAffinity: ClientIP` gives client-IP affinity (every connection from one
+//!   client address to one backend, on every node; `sessionAffinityConfig`'s timeout is not
+//!   applied: the choice is stateless); anything else, none;
 //! - every backend's MAC comes from `next_hops`; an address no prefix covers is left out and
 //!   reported;
 //! - a service with no backend is not published (nothing announces or forwards its VIP);
@@ -30,7 +33,7 @@ use std::net::IpAddr;
 use k8s_openapi::api::core::v1::{Node, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use sluice_dataplane::maglev::MAX_BACKENDS;
-use sluice_dataplane::tables::{BackendState, Mode, Proto, ServiceKey};
+use sluice_dataplane::tables::{Affinity, BackendState, Mode, Proto, ServiceKey};
 
 use crate::config::{BackendDef, BackendSource, KubeConfig, ServiceDef};
 
@@ -183,6 +186,11 @@ pub fn node_services(
             continue;
         }
         let local = spec.external_traffic_policy.as_deref() == Some("Local");
+        let affinity = if spec.session_affinity.as_deref() == Some("ClientIP") {
+            Affinity::ClientIp
+        } else {
+            Affinity::None
+        };
         let my_slices = slices.get(&(ns, name)).map_or(&[][..], Vec::as_slice);
         for vip in ingress_ips(svc) {
             for port in spec.ports.iter().flatten() {
@@ -223,6 +231,7 @@ pub fn node_services(
                     ServiceDef {
                         key: skey,
                         mode,
+                        affinity,
                         table_size: cfg.table_size,
                         backends,
                         health: None,
@@ -553,6 +562,7 @@ mod tests {
         );
         let http4 = &out["default/web:80/tcp@198.51.100.10"];
         assert_eq!(http4.mode, Mode::Nat);
+        assert_eq!(http4.affinity, Affinity::None);
         assert_eq!(
             states(http4),
             [
@@ -570,6 +580,33 @@ mod tests {
             [("fd00::1".to_owned(), 8080, BackendState::Active)]
         );
         assert_eq!(http6.backends[0].mac, [2, 0, 0, 0, 0, 3]);
+    }
+
+    /// `sessionAffinity: ClientIP` gives every published port client-IP affinity; `None`
+    /// (or leaving it out) gives none.
+    #[test]
+    fn session_affinity_client_ip() {
+        let c = cfg("pod");
+        let slices = [
+            slice("web", "IPv4", json!([{ "addresses": ["10.244.1.1"] }])),
+            slice("web", "IPv6", json!([{ "addresses": ["fd00::1"] }])),
+        ];
+        for (value, want) in [
+            (json!("ClientIP"), Affinity::ClientIp),
+            (json!("None"), Affinity::None),
+            (json!(null), Affinity::None),
+        ] {
+            let svcs = [service(
+                "web",
+                json!({ "spec": { "sessionAffinity": value.clone() } }),
+            )];
+            let (out, problems) = run(&c, &svcs, &slices, &[]);
+            assert!(problems.is_empty(), "{problems:?}");
+            assert_eq!(out.len(), 4, "{value}: {out:?}");
+            for def in out.values() {
+                assert_eq!(def.affinity, want, "{value}");
+            }
+        }
     }
 
     #[test]

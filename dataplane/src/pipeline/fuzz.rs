@@ -3,8 +3,8 @@
 //!
 //! [`process_frames`] is the body of `fuzz/fuzz_targets/pipeline.rs` and of the "any bytes"
 //! proptests. It runs frames through one [`Pipeline`] over a small fixed service set
-//! ([`services`]: every mode, both families, a down, a draining and an unresolved backend, a
-//! tiny conntrack table so the full-table paths run) and panics — the fuzzer's signal — when
+//! ([`services`]: every mode, both families, a down, a draining and an unresolved backend,
+//! client-IP affinity on three services, a tiny conntrack table so the full-table paths run) and panics — the fuzzer's signal — when
 //! the contract does not hold:
 //!
 //! - `process` returns, and never with [`DropReason::RewriteFailed`] (a rewrite found the
@@ -32,7 +32,9 @@ use super::{
 };
 use crate::conntrack::Tick;
 use crate::maglev::TableSize;
-use crate::tables::{Backend, BackendId, BackendState, Mode, Proto, ServiceId, ServiceKey};
+use crate::tables::{
+    Affinity, Backend, BackendId, BackendState, Mode, Proto, ServiceId, ServiceKey,
+};
 use crate::wire::{
     EthernetAddress, FragmentInfo, IpProtocol, L3, ParsedFrame, arp, icmpv6, parse_frame, tcp, udp,
 };
@@ -149,6 +151,10 @@ pub fn services() -> &'static StaticServices {
         ];
         for (i, (key, mode, backends)) in (0u32..).zip(list) {
             let _ = s.upsert(key, ServiceId(100 + i), mode, m, backends);
+        }
+        // Client-IP affinity on a DSR, a GUE and a NAT service, so that its picks run too.
+        for (key, _, _) in [list[2], list[4], list[6]] {
+            s.set_affinity(&key, Affinity::ClientIp);
         }
         s
     })

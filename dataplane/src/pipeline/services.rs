@@ -6,10 +6,11 @@ use std::net::IpAddr;
 
 use thiserror::Error;
 
+use crate::flow::client_hash;
 use crate::maglev::{self, EMPTY, MaglevBackend, MaglevError, MaglevTable, TableSize};
 use crate::tables::{
-    Backend, BackendEntry, BackendId, BackendState, Mode, ServiceId, ServiceIndex, ServiceKey,
-    ServiceView, Worker,
+    Affinity, Backend, BackendEntry, BackendId, BackendState, Mode, ServiceId, ServiceIndex,
+    ServiceKey, ServiceView, Worker,
 };
 
 /// How many consecutive Maglev entries a new flow probes, starting at `hash % M`, for a
@@ -28,6 +29,8 @@ pub struct Service<'a> {
     pub id: ServiceId,
     /// Forwarding mode.
     pub mode: Mode,
+    /// Session affinity: which hash a new flow's pick uses ([`Service::pick_hash`]).
+    pub affinity: Affinity,
     /// The Maglev table: `M` backend slots, or all [`EMPTY`].
     pub table: &'a [u16],
     /// The backends in Maglev slot order (`table` entries index it).
@@ -37,6 +40,18 @@ pub struct Service<'a> {
 // === impl Service ===
 
 impl<'a> Service<'a> {
+    /// The hash a new flow's [`Service::pick`] uses: `flow`, the flow hash of its key (5-tuple,
+    /// 3-tuple for fragments), or with [`Affinity::ClientIp`] the [`client_hash`] of its
+    /// source address `src` with the same `seed`. One test of the affinity per new flow.
+    #[inline]
+    #[must_use]
+    pub fn pick_hash(&self, flow: u64, src: IpAddr, seed: u64) -> u64 {
+        match self.affinity {
+            Affinity::None => flow,
+            Affinity::ClientIp => client_hash(src, seed),
+        }
+    }
+
     /// The backend for a new flow with flow hash `hash`: `backends[table[hash % M]]` if it is
     /// active, else the first active one among the next [`PROBE_LIMIT`] − 1 entries (wrapping).
     /// Returns its slot and entry; `None` for an empty table, a corrupt slot, or no active
@@ -142,6 +157,7 @@ fn view_service(v: &ServiceView) -> Service<'_> {
         index: v.index(),
         id: v.id(),
         mode: v.mode(),
+        affinity: v.affinity(),
         table: v.table(),
         backends: v.backends(),
     }
@@ -173,6 +189,7 @@ struct StaticService {
     key: ServiceKey,
     id: ServiceId,
     mode: Mode,
+    affinity: Affinity,
     table: Box<[u16]>,
     backends: Box<[BackendEntry]>,
 }
@@ -204,7 +221,8 @@ impl StaticServices {
         }
     }
 
-    /// Inserts or replaces the service `key`, building its Maglev table of `size` from
+    /// Inserts or replaces the service `key` (with [`Affinity::None`]; see
+    /// [`StaticServices::set_affinity`]), building its Maglev table of `size` from
     /// `backends` the way control does: each backend is named by its decimal stable id, and
     /// backends that are not [`BackendState::Active`] get weight 0 (no entries, but still
     /// addressable by tracked flows). Returns the service's index.
@@ -269,6 +287,7 @@ impl StaticServices {
             key,
             id,
             mode,
+            affinity: Affinity::None,
             table: table.as_slice().into(),
             backends: entries,
         };
@@ -284,6 +303,22 @@ impl StaticServices {
         self.services.push(Some(svc));
         self.by_key.insert(key, i);
         Ok(i)
+    }
+
+    /// Sets the session affinity of service `key` (until its next upsert). Returns whether it
+    /// exists.
+    pub fn set_affinity(&mut self, key: &ServiceKey, affinity: Affinity) -> bool {
+        let Some(s) = self
+            .by_key
+            .get(key)
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| self.services.get_mut(i))
+            .and_then(Option::as_mut)
+        else {
+            return false;
+        };
+        s.affinity = affinity;
+        true
     }
 
     /// Removes the service `key`; its index is not reused. Returns whether it existed.
@@ -327,6 +362,7 @@ impl StaticServices {
             index: i,
             id: s.id,
             mode: s.mode,
+            affinity: s.affinity,
             table: &s.table,
             backends: &s.backends,
         })

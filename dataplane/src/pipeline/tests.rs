@@ -298,7 +298,7 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
-    /// `process_burst` (staged: parse and prefetch the burst, then process) gives the
+    /// `process_burst` (prefetching conntrack slots ahead, then processing) gives the
     /// verdicts, frames, counters and conntrack state of `process_from` on each packet in
     /// order. Every frame comes twice, so bursts hold flows set up earlier in the same burst;
     /// bursts are longer than a stage.
@@ -325,5 +325,213 @@ proptest! {
         prop_assert_eq!(one.counters(), burst.counters());
         prop_assert_eq!(one.conntrack().stats(), burst.conntrack().stats());
         prop_assert_eq!(one.conntrack().len(), burst.conntrack().len());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// The key `process_burst` prefetches with, read at fixed offsets, is the key the lookup
+    /// then uses (or none) for every frame the parser accepts: generated frames (sometimes
+    /// corrupted) and random bytes.
+    #[test]
+    fn prefetch_key_is_the_lookup_key(
+        spec in spec(),
+        junk in proptest::collection::vec(any::<u8>(), 0..120),
+    ) {
+        for f in [build(&spec), junk] {
+            if let Some(k) = super::prefetch_key(&f)
+                && let Ok(pf) = crate::wire::parse_frame(&f)
+            {
+                prop_assert_eq!(Some(k), super::flow_key_of(&pf));
+            }
+        }
+    }
+}
+
+// === client-IP affinity ===
+
+mod affinity {
+    use std::collections::BTreeSet;
+    use std::net::IpAddr;
+
+    use etherparse::PacketBuilder;
+
+    use super::super::fuzz::{NODE_MAC, NODE_V4, NODE_V6, SEED};
+    use super::super::{Pipeline, PipelineConfig, StaticServices, VecBuf, Verdict};
+    use crate::conntrack::Tick;
+    use crate::maglev::TableSize;
+    use crate::tables::{
+        Affinity, Backend, BackendId, BackendState, Mode, Proto, ServiceId, ServiceKey,
+    };
+
+    const VIP4: &str = "10.0.9.1";
+    const VIP6: &str = "2001:db8:9::1";
+    const PORT: u16 = 80;
+    const BACKENDS: u32 = 5;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("address")
+    }
+
+    /// One service at `vip:80/tcp` in `mode` over five active backends of the VIP's family.
+    fn services(vip: IpAddr, mode: Mode, affinity: Affinity) -> StaticServices {
+        let backends: Vec<Backend> = (1..=BACKENDS)
+            .map(|i| Backend {
+                id: BackendId(i),
+                addr: match vip {
+                    IpAddr::V4(_) => ip(&format!("10.1.9.{i}")),
+                    IpAddr::V6(_) => ip(&format!("2001:db8:be::{i}")),
+                },
+                port: 0,
+                mac: Some([0x02, 0xbe, 0, 0, 9, u8::try_from(i).unwrap_or(0)]),
+                next_hop: None,
+                weight: 1,
+                state: BackendState::Active,
+            })
+            .collect();
+        let key = ServiceKey::new(vip, PORT, Proto::Tcp);
+        let mut s = StaticServices::new();
+        let m = TableSize::try_new(251).expect("size");
+        s.upsert(key, ServiceId(9), mode, m, &backends)
+            .expect("service");
+        assert!(s.set_affinity(&key, affinity));
+        s
+    }
+
+    fn pipeline(conntrack_capacity: usize) -> Pipeline {
+        let mut c = PipelineConfig::one_armed(NODE_MAC, SEED);
+        c.node_ipv4 = Some(NODE_V4);
+        c.node_ipv6 = Some(NODE_V6);
+        c.conntrack_capacity = conntrack_capacity;
+        Pipeline::new(c).expect("config")
+    }
+
+    /// A TCP SYN `src:sport → dst:dport`.
+    fn syn(src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> Vec<u8> {
+        let eth = PacketBuilder::ethernet2([0x02, 0xc1, 0, 0, 0, 7], NODE_MAC.0);
+        let step = match (src, dst) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => eth.ipv4(a.octets(), b.octets(), 64),
+            (IpAddr::V6(a), IpAddr::V6(b)) => eth.ipv6(a.octets(), b.octets(), 64),
+            _ => unreachable!("one family"),
+        };
+        let mut out = Vec::new();
+        step.tcp(sport, dport, 1, 1000)
+            .syn()
+            .write(&mut out, &[])
+            .expect("frame");
+        out
+    }
+
+    /// An ICMP "fragmentation needed" / "packet too big" from a router, quoting the packet
+    /// `vip:80 → client:cport` (a flow the pipeline has no state for).
+    fn icmp_error(client: IpAddr, cport: u16, vip: IpAddr) -> Vec<u8> {
+        let router = match client {
+            IpAddr::V4(_) => ip("192.0.2.254"),
+            IpAddr::V6(_) => ip("2001:db8:ff::fe"),
+        };
+        let mut q = Vec::new();
+        let qb = match (vip, client) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => PacketBuilder::ipv4(a.octets(), b.octets(), 50),
+            (IpAddr::V6(a), IpAddr::V6(b)) => PacketBuilder::ipv6(a.octets(), b.octets(), 50),
+            _ => unreachable!("one family"),
+        };
+        qb.tcp(PORT, cport, 9, 100)
+            .ack(3)
+            .write(&mut q, &[])
+            .expect("quote");
+        let eth = PacketBuilder::ethernet2([0x02, 0xc1, 0, 0, 0, 7], NODE_MAC.0);
+        let mut out = Vec::new();
+        match (router, vip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => eth
+                .ipv4(a.octets(), b.octets(), 64)
+                .icmpv4_raw(3, 4, [0, 0, 5, 0x78])
+                .write(&mut out, &q),
+            (IpAddr::V6(a), IpAddr::V6(b)) => eth
+                .ipv6(a.octets(), b.octets(), 64)
+                .icmpv6_raw(2, 0, [0, 0, 5, 0])
+                .write(&mut out, &q),
+            _ => unreachable!("one family"),
+        }
+        .expect("frame");
+        out
+    }
+
+    fn backend_of(v: Verdict) -> BackendId {
+        match v {
+            Verdict::Forward {
+                backend: Some(b), ..
+            } => b,
+            other => panic!("not forwarded to a backend: {other:?}"),
+        }
+    }
+
+    /// `client`'s 50 connections (source ports 40000..40050) to `vip`: the backends they got.
+    fn picks(
+        p: &mut Pipeline,
+        s: &StaticServices,
+        client: IpAddr,
+        vip: IpAddr,
+    ) -> BTreeSet<BackendId> {
+        (40_000..40_050u16)
+            .map(|sport| {
+                let mut pkt = VecBuf::with_headroom(&syn(client, sport, vip, PORT), 64);
+                backend_of(p.process(&mut pkt, s, Tick(1)))
+            })
+            .collect()
+    }
+
+    fn client(vip: IpAddr, i: u16) -> IpAddr {
+        match vip {
+            IpAddr::V4(_) => ip(&format!("198.51.100.{i}")),
+            IpAddr::V6(_) => ip(&format!("2001:db8:c1::{i:x}")),
+        }
+    }
+
+    /// For NAT and DSR, IPv4 and IPv6: with client-IP affinity every connection of a client
+    /// (50 source ports) gets one backend, and 20 clients spread over the backends; without
+    /// it, the one client's connections spread. DSR is also run with an 8-entry conntrack
+    /// table, so most flows take the stateless fallback.
+    #[test]
+    fn one_backend_per_client_with_affinity_spread_without() {
+        for vip in [ip(VIP4), ip(VIP6)] {
+            for (mode, capacity) in [(Mode::Nat, 4096), (Mode::Dsr, 4096), (Mode::Dsr, 8)] {
+                let what = format!("{vip} {mode:?} conntrack {capacity}");
+                let sticky = services(vip, mode, Affinity::ClientIp);
+                let mut p = pipeline(capacity);
+                let mut chosen = BTreeSet::new();
+                for i in 1..=20 {
+                    let got = picks(&mut p, &sticky, client(vip, i), vip);
+                    assert_eq!(got.len(), 1, "{what}: client {i} spread: {got:?}");
+                    chosen.extend(got);
+                }
+                assert!(chosen.len() >= 3, "{what}: clients not spread: {chosen:?}");
+                if capacity == 8 {
+                    assert!(p.counters().conntrack_full_fallback > 0, "{what}");
+                }
+
+                let plain = services(vip, mode, Affinity::None);
+                let got = picks(&mut pipeline(capacity), &plain, client(vip, 1), vip);
+                assert!(got.len() >= 3, "{what}: no affinity, yet {got:?}");
+            }
+        }
+    }
+
+    /// Every LB node (a fresh pipeline with the same seed) sends a client to the same
+    /// backend, and a DSR ICMP error about a flow without state goes to the client's backend.
+    #[test]
+    fn same_backend_on_every_node_and_for_icmp_errors() {
+        for vip in [ip(VIP4), ip(VIP6)] {
+            let s = services(vip, Mode::Dsr, Affinity::ClientIp);
+            for i in 1..=10 {
+                let c = client(vip, i);
+                let a = picks(&mut pipeline(4096), &s, c, vip);
+                let b = picks(&mut pipeline(8), &s, c, vip);
+                assert_eq!(a, b, "{vip} client {i}");
+                let mut pkt = VecBuf::with_headroom(&icmp_error(c, 55_555, vip), 64);
+                let got = backend_of(pipeline(4096).process(&mut pkt, &s, Tick(1)));
+                assert_eq!(Some(&got), a.first(), "{vip} client {i}: ICMP error");
+            }
+        }
     }
 }

@@ -32,8 +32,9 @@ pub const MAGIC: u64 = u64::from_be_bytes(*b"SLUICEtb");
 /// History: 1, the first format; 2 added per-backend counters ([`BackendCounters`],
 /// [`BackendEntry::counter_slot`]); 3 added [`ServiceCounters::connections`] (the counter
 /// pair became a 32-byte `{packets, bytes, connections, reserved}`) and
-/// [`Header::counters_size`].
-pub const ABI_VERSION: u32 = 3;
+/// [`Header::counters_size`]; 4 added the [`SERVICE_CLIENT_AFFINITY`] flag (no struct changed,
+/// but a build of version 3 would ignore the flag and spread a client's flows).
+pub const ABI_VERSION: u32 = 4;
 
 /// Alignment of every arena block (backend array or Maglev table), in bytes: one cache line.
 pub const BLOCK_ALIGN: u64 = 64;
@@ -400,6 +401,10 @@ const _: () = assert!(offset_of!(DirHeader, count) == 8);
 
 /// [`ServiceEntry::flags`]: the entry describes a service (otherwise it is an unused index).
 pub const SERVICE_IN_USE: u8 = 1;
+/// [`ServiceEntry::flags`]: client-IP affinity ([`Affinity::ClientIp`]): a new flow's Maglev
+/// pick hashes its source address only, so every flow of a client lands on one backend
+/// (since ABI version 4).
+pub const SERVICE_CLIENT_AFFINITY: u8 = 2;
 
 /// Address family byte for IPv4 (addresses stored v4-mapped, `::ffff:a.b.c.d`).
 pub const FAMILY_V4: u8 = 4;
@@ -421,7 +426,7 @@ pub struct ServiceEntry {
     pub family: u8,
     /// [`Mode`] as a byte.
     pub mode: u8,
-    /// [`SERVICE_IN_USE`].
+    /// [`SERVICE_IN_USE`] | [`SERVICE_CLIENT_AFFINITY`]; other bits are reserved, zero.
     pub flags: u8,
     /// Reserved, zero.
     pub reserved0: [u8; 2],
@@ -483,6 +488,17 @@ impl ServiceEntry {
         Mode::from_u8(self.mode)
     }
 
+    /// The session affinity ([`SERVICE_CLIENT_AFFINITY`]).
+    #[inline]
+    #[must_use]
+    pub fn affinity(&self) -> Affinity {
+        if self.flags & SERVICE_CLIENT_AFFINITY != 0 {
+            Affinity::ClientIp
+        } else {
+            Affinity::None
+        }
+    }
+
     /// The stable service id.
     #[must_use]
     pub fn id(&self) -> ServiceId {
@@ -522,6 +538,7 @@ impl fmt::Debug for ServiceEntry {
         d.field("in_use", &self.in_use())
             .field("id", &self.service_id)
             .field("mode", &self.mode)
+            .field("affinity", &self.affinity())
             .field("m", &self.table_size)
             .field("version", &self.version)
             .field("backends_offset", &self.backends_offset)
@@ -717,6 +734,21 @@ impl Mode {
             _ => None,
         }
     }
+}
+
+/// Which new flows of a service share a backend (Kubernetes `spec.sessionAffinity`). Stored
+/// as [`SERVICE_CLIENT_AFFINITY`] in [`ServiceEntry::flags`]. Only the Maglev pick of a new
+/// flow changes; conntrack keeps each flow on its backend either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum Affinity {
+    /// Each flow is picked by the hash of its 5-tuple (3-tuple for fragments). The default.
+    #[default]
+    None,
+    /// Every flow from one client (source) address picks the same backend, on every LB node:
+    /// the pick hashes the source address only ([`crate::flow::client_hash`]), with the shared
+    /// seed. Kubernetes `sessionAffinity: ClientIP` (without its timeout: the choice is
+    /// stateless and lasts while the backend set does).
+    ClientIp,
 }
 
 /// A backend's serving state.

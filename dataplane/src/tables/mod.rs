@@ -3,7 +3,7 @@
 //! [`Writer`] control calls and the [`Tables`] / [`Worker`] the dataplane calls. The mapped
 //! memory itself is handled by [`crate::io::shm`]; nothing here dereferences a pointer.
 //!
-//! # Region layout (ABI version 3)
+//! # Region layout (ABI version 4)
 //!
 //! One named region (hugetlbfs, else `/dev/shm`), created by control. `W` = `max_workers`,
 //! `S` = `max_services`, `D` = `dir_slots`,
@@ -32,7 +32,8 @@
 //!  ..                 Directory slot[D]                 64 + 64·S, pad 128  control, only while
 //!                       DirHeader {generation, count}                        no worker can read it
 //!                       ServiceEntry[S] {vip, port,
-//!                       proto, family, mode, flags, id,
+//!                       proto, family, mode, flags
+//!                       (in use, client affinity), id,
 //!                       M, version, backends_offset,
 //!                       table_offset, n_backends}
 //!  .. (4 KiB aligned) Arena                             arena_bytes         control, only blocks
@@ -143,9 +144,9 @@ use std::time::Duration;
 
 pub use crate::io::shm::{Backing, ShmError};
 pub use layout::{
-    BACKEND_COUNTER_SLOTS, Backend, BackendCounters, BackendEntry, BackendId, BackendState,
-    Capacity, CapacityError, Generation, Mode, Proto, ServiceCounters, ServiceEntry, ServiceId,
-    ServiceKey, WorkerBlock,
+    Affinity, BACKEND_COUNTER_SLOTS, Backend, BackendCounters, BackendEntry, BackendId,
+    BackendState, Capacity, CapacityError, Generation, Mode, Proto, ServiceCounters, ServiceEntry,
+    ServiceId, ServiceKey, WorkerBlock,
 };
 pub(crate) use reader::ServiceIndex;
 pub use reader::{ServiceView, Tables, Worker};

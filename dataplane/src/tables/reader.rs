@@ -11,9 +11,10 @@ use hashbrown::HashTable;
 
 use super::bump;
 use super::layout::{
-    BACKEND_COUNTER_SLOTS, BackendCounters, BackendEntry, BackendId, Capacity, Generation, Header,
-    MAX_BACKENDS, MAX_TABLE_SIZE, Mode, OWNER_DEAD, OWNER_FREE, OWNER_LIVE, ServiceCounters,
-    ServiceEntry, ServiceId, ServiceKey, WorkerBlock, pack_owner, unpack_owner, unpack_published,
+    Affinity, BACKEND_COUNTER_SLOTS, BackendCounters, BackendEntry, BackendId, Capacity,
+    Generation, Header, MAX_BACKENDS, MAX_TABLE_SIZE, Mode, OWNER_DEAD, OWNER_FREE, OWNER_LIVE,
+    ServiceCounters, ServiceEntry, ServiceId, ServiceKey, WorkerBlock, pack_owner, unpack_owner,
+    unpack_published,
 };
 use crate::io::shm::{Backing, Mapping, Shared, ShmError};
 use sluice_hugepages::Region;
@@ -382,6 +383,13 @@ impl ServiceView {
     #[must_use]
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// The session affinity ([`ServiceEntry::affinity`]).
+    #[inline]
+    #[must_use]
+    pub fn affinity(&self) -> Affinity {
+        self.entry.affinity()
     }
 
     /// The generation that wrote this service's tables.

@@ -14,10 +14,10 @@ use zerocopy::{FromBytes, IntoBytes};
 use super::Tick;
 use super::alloc::Block;
 use super::layout::{
-    BACKEND_COUNTER_SLOTS, BACKEND_ENTRY_SIZE, Backend, BackendEntry, BackendId, Capacity,
-    DROP_REASONS, DirHeader, Generation, Geometry, MAX_BACKENDS, Mode, NO_COUNTER_SLOT, OWNER_DEAD,
-    OWNER_LIVE, ServiceCounters, ServiceEntry, ServiceId, ServiceKey, WorkerBlock, pack_owner,
-    pack_published, unpack_owner, unpack_published,
+    Affinity, BACKEND_COUNTER_SLOTS, BACKEND_ENTRY_SIZE, Backend, BackendEntry, BackendId,
+    Capacity, DROP_REASONS, DirHeader, Generation, Geometry, MAX_BACKENDS, Mode, NO_COUNTER_SLOT,
+    OWNER_DEAD, OWNER_LIVE, SERVICE_CLIENT_AFFINITY, ServiceCounters, ServiceEntry, ServiceId,
+    ServiceKey, WorkerBlock, pack_owner, pack_published, unpack_owner, unpack_published,
 };
 use super::ledger::{BeginError, Ledger, Shape};
 use super::liveness::{Liveness, Verdict};
@@ -51,6 +51,8 @@ pub struct ServiceSpec<'a> {
     pub id: ServiceId,
     /// Forwarding mode.
     pub mode: Mode,
+    /// Session affinity: [`Affinity::ClientIp`] publishes [`SERVICE_CLIENT_AFFINITY`].
+    pub affinity: Affinity,
     /// The backends, in the order they were given to the Maglev builder for `table`.
     pub backends: &'a [Backend],
     /// The service's Maglev table, built from `backends`.
@@ -887,8 +889,13 @@ fn entry_for(s: &ServiceSpec<'_>) -> Result<ServiceEntry, PublishError> {
             count: n,
         },
     )?;
+    let flags = match s.affinity {
+        Affinity::None => 0,
+        Affinity::ClientIp => SERVICE_CLIENT_AFFINITY,
+    };
     let mut e = ServiceEntry {
         mode: s.mode as u8,
+        flags,
         service_id: s.id.0,
         table_size: s.table.size().get(),
         n_backends,

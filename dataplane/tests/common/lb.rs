@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use sluice_dataplane::maglev::{MaglevBackend, TableSize, build};
 use sluice_dataplane::tables::{
-    Backend, BackendId, BackendState, Capacity, Generation, Mode, Proto, ServiceId, ServiceKey,
-    ServiceSpec, ServiceUpdate, Tick, Writer, WriterOptions,
+    Affinity, Backend, BackendId, BackendState, Capacity, Generation, Mode, Proto, ServiceId,
+    ServiceKey, ServiceSpec, ServiceUpdate, Tick, Writer, WriterOptions,
 };
 use sluice_hugepages::Backing;
 use sluice_testbed::{OneArm, Proc, addr, dataplane_test_config};
@@ -87,7 +87,19 @@ impl Lb {
 
     /// Publishes one service and waits until every worker acked it.
     pub fn publish(&mut self, id: u32, vip: &str, mode: Mode, backends: &[usize]) -> Generation {
-        let generation = publish_service(&mut self.writer, id, vip, mode, backends);
+        self.publish_with(id, vip, mode, Affinity::None, backends)
+    }
+
+    /// [`Lb::publish`] with a session affinity.
+    pub fn publish_with(
+        &mut self,
+        id: u32,
+        vip: &str,
+        mode: Mode,
+        affinity: Affinity,
+        backends: &[usize],
+    ) -> Generation {
+        let generation = publish_service_with(&mut self.writer, id, vip, mode, affinity, backends);
         let start = self.start;
         self.writer
             .wait_acked(generation, Duration::from_secs(10), || {
@@ -105,6 +117,18 @@ pub fn publish_service(
     id: u32,
     vip: &str,
     mode: Mode,
+    backends: &[usize],
+) -> Generation {
+    publish_service_with(writer, id, vip, mode, Affinity::None, backends)
+}
+
+/// [`publish_service`] with a session affinity.
+pub fn publish_service_with(
+    writer: &mut Writer,
+    id: u32,
+    vip: &str,
+    mode: Mode,
+    affinity: Affinity,
     backends: &[usize],
 ) -> Generation {
     let vip: IpAddr = vip.parse().expect("vip");
@@ -134,6 +158,7 @@ pub fn publish_service(
         key: ServiceKey::new(vip, PORT, Proto::Tcp),
         id: ServiceId(id),
         mode,
+        affinity,
         backends: &bs,
         table: &table,
     };
