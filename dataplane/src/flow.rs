@@ -451,20 +451,6 @@ fn mix16(lo: u64, hi: u64, s_lo: u64, s_hi: u64, seed: u64) -> u64 {
     low ^ high
 }
 
-#[inline(always)]
-fn le64(b: &[u8; 16], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(w)
-}
-
-#[inline(always)]
-fn le32(b: &[u8; 16], at: usize) -> u64 {
-    let mut w = [0u8; 4];
-    w.copy_from_slice(&b[at..at + 4]);
-    u64::from(u32::from_le_bytes(w))
-}
-
 /// `xxh3_64_with_seed(&key.hash_input(), seed)`, computed from the key's fields.
 ///
 /// Why not call the library on the 38-byte buffer: xxh3 reads that buffer as 8-byte words at
@@ -478,18 +464,26 @@ fn le32(b: &[u8; 16], at: usize) -> u64 {
 #[inline]
 fn xxh3_38(key: &FlowKey, seed: u64) -> u64 {
     const PRIME64_1: u64 = 0x9E37_79B1_85EB_CA87;
-    let (s, d) = (&key.src_octets(), &key.dst_octets());
+    // Each address's 16 bytes read as one little-endian number: `le(x, k)` is then the
+    // 8-byte little-endian word at byte `k` of the address, as xxh3 reads it there.
+    let s = (u128::from(key.src[0]) << 64 | u128::from(key.src[1])).swap_bytes();
+    let d = (u128::from(key.dst[0]) << 64 | u128::from(key.dst[1])).swap_bytes();
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "the low 64 bits, on purpose"
+    )]
+    let le = |x: u128, k: u32| (x >> (8 * k)) as u64;
     let sport = u64::from(key.src_port().swap_bytes());
     let dport = u64::from(key.dst_port().swap_bytes());
     // Little-endian words of the serialization at the offsets xxh3 reads.
-    let at0 = u64::from(key.family as u8) | u64::from(key.proto) << 8 | le64(s, 0) << 16;
-    let at6 = le64(s, 4);
-    let at8 = le64(s, 6);
-    let at14 = le32(s, 12) | le32(d, 0) << 32;
-    let at16 = u64::from(u16::from_le_bytes([s[14], s[15]])) | le64(d, 0) << 16;
-    let at22 = le64(d, 4);
-    let at24 = le64(d, 6);
-    let at30 = le32(d, 12) | sport << 32 | dport << 48;
+    let at0 = u64::from(key.family as u8) | u64::from(key.proto) << 8 | le(s, 0) << 16;
+    let at6 = le(s, 4);
+    let at8 = le(s, 6);
+    let at14 = (le(s, 12) & 0xFFFF_FFFF) | le(d, 0) << 32;
+    let at16 = (le(s, 14) & 0xFFFF) | le(d, 0) << 16;
+    let at22 = le(d, 4);
+    let at24 = le(d, 6);
+    let at30 = (le(d, 12) & 0xFFFF_FFFF) | sport << 32 | dport << 48;
     let k = &XXH3_SECRET;
     let mut acc = 38u64.wrapping_mul(PRIME64_1);
     acc = acc.wrapping_add(mix16(at16, at24, k[4], k[5], seed));
