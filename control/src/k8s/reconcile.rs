@@ -95,7 +95,7 @@ fn reflect<K>(
 ) -> Store<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-    K::DynamicType: Eq + Hash + Clone + Default + Send + Sync,
+    K::DynamicType: Eq + Hash + Clone + Send + Sync,
 {
     let writer = reflector::store::Writer::new(dyntype);
     let store = writer.as_reader();
@@ -124,21 +124,7 @@ fn reflect_dynamic(
     what: &'static str,
 ) -> Store<DynamicObject> {
     let api = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, resource);
-    let writer = reflector::store::Writer::new(resource.clone());
-    let store = writer.as_reader();
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer);
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(r) = stream.next().await {
-            match r {
-                Ok(_) => notify.notify_one(),
-                Err(e) => tracing::warn!(error = %e, "kubernetes watch of {what}: retrying"),
-            }
-        }
-    });
-    store
+    reflect(api, resource.clone(), notify, what)
 }
 
 /// The reconciler's stores.
