@@ -7,7 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step prints how long the one before it took, so a slow CI run shows where its time went.
+last=$SECONDS
+step() {
+  printf '\n==> %s (previous step: %ss, total: %ss)\n' "$*" "$((SECONDS - last))" "$SECONDS"
+  last=$SECONDS
+}
 
 step "setup (packages, hugepages)"
 ci/setup.sh
@@ -28,12 +33,17 @@ ci/fuzz.sh build
 
 step "tests"
 mkdir -p target
+# A watchdog well inside CI's 90 minutes: a hung test fails this step with its name still on
+# screen (the harness reports tests running for over 60 s) instead of timing the whole run out.
+limit=${SLUICE_TEST_TIMEOUT:-2700}
 set +e
-cargo test --workspace --locked --no-fail-fast -- --include-ignored 2>&1 | tee target/test.log
+timeout --kill-after=30 "$limit" \
+  cargo test --workspace --locked --no-fail-fast -- --include-ignored 2>&1 | tee target/test.log
 status=${PIPESTATUS[0]}
+[ "$status" = 124 ] && echo "tests: stopped after $limit s (a test hung?)"
 set -e
 passed=$(grep -o '[0-9]* passed' target/test.log | awk '{s += $1} END {print s + 0}')
 failed=$(grep -o '[0-9]* failed' target/test.log | awk '{s += $1} END {print s + 0}')
 echo
-echo "tests: $passed passed, $failed failed"
+echo "tests: $passed passed, $failed failed (test step: $((SECONDS - last)) s, total: $SECONDS s)"
 exit "$status"

@@ -62,16 +62,22 @@ async fn ten_thousand_services_and_slices() {
     let (svc_store, svc_writer) = reflector::store();
     let (slice_store, slice_writer) = reflector::store();
     let t = Instant::now();
-    tokio::spawn(
-        watcher::watcher(svcs.clone(), watcher::Config::default())
-            .reflect(svc_writer)
-            .for_each(|_| async {}),
-    );
-    tokio::spawn(
-        watcher::watcher(slices.clone(), watcher::Config::default())
-            .reflect(slice_writer)
-            .for_each(|_| async {}),
-    );
+    // With back-off, as a controller runs them, and stopped before the server is: a watcher
+    // that retries at once spins on "connection refused" once the server has gone.
+    let reflectors = [
+        tokio::spawn(
+            watcher::watcher(svcs.clone(), watcher::Config::default())
+                .default_backoff()
+                .reflect(svc_writer)
+                .for_each(|_| async {}),
+        ),
+        tokio::spawn(
+            watcher::watcher(slices.clone(), watcher::Config::default())
+                .default_backoff()
+                .reflect(slice_writer)
+                .for_each(|_| async {}),
+        ),
+    ];
     svc_store.wait_until_ready().await.unwrap();
     slice_store.wait_until_ready().await.unwrap();
     assert_eq!(svc_store.state().len(), N);
@@ -127,5 +133,8 @@ async fn ten_thousand_services_and_slices() {
         .unwrap();
     assert_eq!(ingress_ip(&s).as_deref(), Some("192.0.41.250"));
     assert_eq!(slice_store.state().len(), N);
+    for task in reflectors {
+        task.abort();
+    }
     api.shutdown().await;
 }
