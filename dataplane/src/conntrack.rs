@@ -36,10 +36,12 @@
 //! Full NAT needs two entries per connection. The *forward* entry is keyed by
 //! client → VIP; it holds the backend and the SNAT port. The *reverse* entry is keyed by
 //! backend → SNAT address:port, for replies, and must lead back to the client.
-//! [`ConnTrack::insert_pair`] inserts both or neither and links them. Each side stores the
-//! other's slot in a slab of keys, and [`ConnTrack::peer_key`] returns the forward key (the
-//! client's addresses and ports) from the reverse entry without a second hash probe. Each
-//! side has its own deadline, refreshed by its own packets. A pair is removed only when
+//! [`ConnTrack::insert_pair`] inserts both or neither and links them. A pair takes two
+//! adjacent slots of a slab of keys, `2k` for the forward key and `2k + 1` for the reverse
+//! one; each side stores the other's slot, and its own is that one with the low bit flipped.
+//! [`ConnTrack::peer_key`] returns the forward key (the client's addresses and ports) from
+//! the reverse entry without a second hash probe. Each side has its own deadline, refreshed
+//! by its own packets. A pair is removed only when
 //! *both* sides have expired, so a one-way stream keeps its reply path. Removing one side
 //! ([`ConnTrack::remove`], or replacing it with `insert`) removes the other as well. FIN/RST
 //! on one side shortens both.
@@ -60,11 +62,11 @@
 //!
 //! Each shard is an open-addressing table with linear probing over a power-of-two number of
 //! slots. A slot holds the key and its [`Entry`] side by side (`Option<(FlowKey, Entry)>`,
-//! 88 bytes, on two or three cache lines), so a lookup reads one slot and no separate
-//! control bytes: the slot's address follows from the hash alone, which lets a burst
-//! prefetch it before the lookup ([`ConnTrack::prefetch`]). A key sits at its home slot
-//! (hash bits 0..13 within its shard) or after it, with no empty slot in between; removal
-//! shifts the following entries back instead of leaving a tombstone (backward-shift
+//! 40 + 24 = 64 bytes, aligned to 64: exactly one cache line), so a lookup reads one line
+//! and no separate control bytes: the slot's address follows from the hash alone, which
+//! lets a burst prefetch it before the lookup ([`ConnTrack::prefetch`]). A key sits at its
+//! home slot (hash bits 0..13 within its shard) or after it, with no empty slot in between;
+//! removal shifts the following entries back instead of leaving a tombstone (backward-shift
 //! deletion), so no probe ever crosses a dead slot and nothing ever needs a rehash. That
 //! removes the rehash stall a hashbrown table had (tombstones used up its free slots every
 //! ~20 M inserts, then a whole-table rehash: 36 ms at 917 503 entries).
@@ -75,7 +77,8 @@
 //! short: 0.27 slots past home on average at the expected load of 0.35). A shard's expected
 //! load is at most 2864, 13 standard deviations below its limit; the rare insert into a
 //! shard at its limit is refused as [`InsertError::Full`], like any insert into a full
-//! table. The NAT pair slab and its free list add 44 bytes per entry.
+//! table. The NAT pair slab and its free list add 42 bytes per entry (a 40-byte key slot per
+//! entry, and 4 bytes of free list per pair of entries).
 //! [`ConnTrack::allocated_bytes`] reports the total.
 //!
 //! The shards of a large table are one allocation on 2 MiB pages (hugetlbfs when the pool
@@ -85,8 +88,8 @@
 //!
 //! | capacity | shards | slots | allocated |
 //! |---|---|---|---|
-//! | 100 000 | 35 | 286 720 | 30 MB |
-//! | 1 000 000 | 350 | 2 867 200 | 296 MB |
+//! | 100 000 | 35 | 286 720 | 23 MB |
+//! | 1 000 000 | 350 | 2 867 200 | 226 MB |
 
 use std::fmt;
 use std::num::NonZeroU64;
@@ -109,7 +112,7 @@ pub const MAX_CAPACITY: usize = 1 << 26;
 pub const INSERT_SWEEP_BUDGET: usize = 64;
 
 /// Slots of each shard when the capacity needs more than one table (module docs,
-/// "Layout"): 720 KB of slots.
+/// "Layout"): 512 KiB of slots.
 pub const SHARD_BUCKETS: usize = 8192;
 
 /// Largest capacity kept in one table, and the most entries a shard expects: 4/5 of what a
@@ -119,7 +122,7 @@ pub const SHARD_MEAN_MAX: usize = (SHARD_BUCKETS / 8 * 7 / 2 - 1) / 5 * 4;
 
 const _: () = assert!(SHARD_MEAN_MAX == 2864);
 
-/// Slot value meaning "no slot" in [`Entry`].
+/// Pair slab slot value meaning "no peer" in [`Entry`].
 const NO_SLOT: u32 = u32::MAX;
 
 // === Tick ===
@@ -452,29 +455,28 @@ impl fmt::Debug for TcpState {
 
 // === Entry ===
 
-/// One tracked flow: where it goes and how long it lives. 48 bytes, `Copy`.
+/// One tracked flow: where it goes and how long it lives. 24 bytes, `Copy`, so that a
+/// table slot (key and entry) is one 64-byte cache line.
 ///
 /// Built with [`Entry::new`] (plus [`Entry::with_nat_port`] for NAT) and handed to
-/// [`ConnTrack::insert`], which fills in the times and the TCP state. The backend and
+/// [`ConnTrack::insert`], which fills in the deadline and the TCP state. The backend and
 /// service are stable ids from the control plane's tables, not Maglev slots, so a hit stays
 /// on its backend however the Maglev table changes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Entry {
-    created: Tick,
-    last_seen: Tick,
     expires: Tick,
     backend_id: u32,
     service_id: u32,
-    /// This entry's slot in the pair slab, or [`NO_SLOT`].
-    slot: u32,
-    /// The paired entry's slot, or [`NO_SLOT`].
+    /// The paired entry's slot in the pair slab, or [`NO_SLOT`]. This entry's own slot is
+    /// the other one of the same pair, `peer ^ 1` (module docs, "NAT pairs"), and the pair
+    /// is `peer >> 1` ([`pair_of`]).
     peer: u32,
     nat_port: u16,
     tcp: TcpState,
     flags: u8,
 }
 
-const _: () = assert!(size_of::<Entry>() == 48);
+const _: () = assert!(size_of::<Entry>() == 24);
 
 impl Entry {
     /// `flags` bit: the reply direction of a NAT pair.
@@ -485,12 +487,9 @@ impl Entry {
     #[must_use]
     pub const fn new(backend_id: u32, service_id: u32) -> Self {
         Self {
-            created: Tick::ZERO,
-            last_seen: Tick::ZERO,
             expires: Tick::ZERO,
             backend_id,
             service_id,
-            slot: NO_SLOT,
             peer: NO_SLOT,
             nat_port: 0,
             tcp: TcpState(0),
@@ -534,20 +533,6 @@ impl Entry {
     #[must_use]
     pub const fn nat_port(&self) -> u16 {
         self.nat_port
-    }
-
-    /// When the entry was inserted.
-    #[inline]
-    #[must_use]
-    pub const fn created(&self) -> Tick {
-        self.created
-    }
-
-    /// The last packet that hit it (or its insertion).
-    #[inline]
-    #[must_use]
-    pub const fn last_seen(&self) -> Tick {
-        self.last_seen
     }
 
     /// Its deadline: it is live while `now < expires()`.
@@ -659,11 +644,20 @@ fn folded_multiply(a: u64, b: u64) -> u64 {
 
 // === Table ===
 
-/// What a table slot holds: a flow and its entry, or nothing. 88 bytes (the key's family
-/// byte gives `None` its niche).
-type Slot = Option<(FlowKey, Entry)>;
+/// A table slot: a flow and its entry, or nothing. 64 bytes (the key's family byte gives
+/// `None` its niche), aligned to 64 so that each slot is exactly one cache line. The
+/// alignment also reaches the heap: [`mem::PagedChunks`] allocates with `T`'s alignment
+/// (mapped memory is page-aligned anyway).
+#[derive(Clone, Copy)]
+#[repr(align(64))]
+struct Slot(Option<(FlowKey, Entry)>);
 
-const _: () = assert!(size_of::<Slot>() == 88);
+impl Slot {
+    const EMPTY: Self = Self(None);
+}
+
+const _: () = assert!(size_of::<Slot>() == 64);
+const _: () = assert!(align_of::<Slot>() == 64);
 
 /// One shard of the table: open addressing with linear probing over a power-of-two number
 /// of slots, each holding the key and its entry side by side (module docs, "Layout"). A key
@@ -708,7 +702,7 @@ impl Table {
     /// choose). Aborts, like `std` collections, if the memory cannot be had.
     fn with_capacity(capacity: usize) -> Self {
         let buckets = capacity_to_buckets(capacity);
-        let slots = Chunk::new(buckets, None)
+        let slots = Chunk::new(buckets, Slot::EMPTY)
             .unwrap_or_else(|| std::alloc::handle_alloc_error(Layout::new::<[Slot; 8]>()));
         Self::from_chunk(slots)
     }
@@ -744,7 +738,7 @@ impl Table {
     }
 
     fn iter(&self) -> impl Iterator<Item = &(FlowKey, Entry)> {
-        self.slots.iter().flatten()
+        self.slots.iter().filter_map(|s| s.0.as_ref())
     }
 
     /// The home slot of a key with hash `hash`: its low bits (shards are picked from
@@ -759,7 +753,8 @@ impl Table {
         h & self.mask
     }
 
-    /// Prefetches the home slot of `hash`, where a key usually is (module docs, "Layout").
+    /// Prefetches the home slot of `hash`, where a key usually is (module docs, "Layout"):
+    /// one cache line, since a slot is 64 bytes aligned to 64.
     #[inline]
     fn prefetch(&self, hash: u64) {
         if let Some(s) = self.slots.get(self.home(hash)) {
@@ -773,7 +768,7 @@ impl Table {
         let mut i = self.home(hash);
         // Ends at the first empty slot; bounded by the slot count even so.
         for _ in 0..self.slots.len() {
-            match self.slots.get(i)? {
+            match &self.slots.get(i)?.0 {
                 Some((k, _)) if k == key => return Some(i),
                 Some(_) => i = (i + 1) & self.mask,
                 None => return None,
@@ -784,12 +779,12 @@ impl Table {
 
     #[inline]
     fn get(&self, pos: usize) -> Option<&(FlowKey, Entry)> {
-        self.slots.get(pos)?.as_ref()
+        self.slots.get(pos)?.0.as_ref()
     }
 
     #[inline]
     fn get_mut(&mut self, pos: usize) -> Option<&mut (FlowKey, Entry)> {
-        self.slots.get_mut(pos)?.as_mut()
+        self.slots.get_mut(pos)?.0.as_mut()
     }
 
     /// Stores `key` (not in the table) in the first empty slot from its home. `false` only
@@ -801,8 +796,8 @@ impl Table {
             let Some(s) = self.slots.get_mut(i) else {
                 return false;
             };
-            if s.is_none() {
-                *s = Some((key, entry));
+            if s.0.is_none() {
+                s.0 = Some((key, entry));
                 self.len += 1;
                 return true;
             }
@@ -815,22 +810,22 @@ impl Table {
     /// crosses a hole (backward-shift deletion). Each item it passes is rehashed with
     /// `hasher` to find its home; a run of occupied slots is short (the load is below ½).
     fn remove_at(&mut self, pos: usize, hasher: &KeyHash) -> Option<(FlowKey, Entry)> {
-        let removed = self.slots.get_mut(pos)?.take()?;
+        let removed = self.slots.get_mut(pos)?.0.take()?;
         self.len -= 1;
         let mask = self.mask;
         let mut hole = pos;
         let mut j = (pos + 1) & mask;
         for _ in 0..self.slots.len() {
-            let Some(Some((k, _))) = self.slots.get(j) else {
+            let Some(Slot(Some((k, _)))) = self.slots.get(j) else {
                 break;
             };
             let home = self.home(hasher.hash_one(k));
             // The item at `j` may fill the hole if its home is not after the hole, i.e. the
             // hole lies on its probe path `home..=j` (cyclically).
             if j.wrapping_sub(home) & mask >= j.wrapping_sub(hole) & mask {
-                let moved = self.slots.get_mut(j).and_then(Option::take);
+                let moved = self.slots.get_mut(j).and_then(|s| s.0.take());
                 if let Some(h) = self.slots.get_mut(hole) {
-                    *h = moved;
+                    h.0 = moved;
                 }
                 hole = j;
             }
@@ -868,9 +863,12 @@ pub struct ConnTrack {
     /// so probe runs stay short and an empty slot always ends them.
     shard_limit: usize,
     hasher: KeyHash,
-    /// Pair slab: slot → key of a NAT pair member. Only pair members hold a slot.
+    /// Pair slab: slot → key of a NAT pair member, two slots a pair (`2k` forward, `2k + 1`
+    /// reverse), `capacity / 2` pairs. Only pair members hold a slot, and a pair's two slots
+    /// are taken and freed together.
     keys: Box<[Option<FlowKey>]>,
-    /// Free slots of `keys`; capacity `capacity`, so pushes never allocate.
+    /// Free pairs of `keys` (pair `k` is slots `2k` and `2k + 1`); capacity `capacity / 2`,
+    /// so pushes never allocate.
     free: Vec<u32>,
     /// The aging sweep's position: `(shard, i)`, where `i - 1` is the next slot it visits
     /// (it walks each shard downwards); `i == 0` moves it to the next shard.
@@ -924,14 +922,23 @@ fn take(tables: &mut [Table], nshards: u64, hasher: &KeyHash, key: &FlowKey) -> 
     table.remove_at(pos, hasher).map(|(_, e)| e)
 }
 
-/// Returns `slot` to the free list (idempotent: a slot already free is left alone).
+/// The pair of the pair slab that `slot` belongs to.
 #[inline]
-fn release(keys: &mut [Option<FlowKey>], free: &mut Vec<u32>, slot: u32) {
-    if let Some(k) = keys.get_mut(slot as usize)
-        && k.take().is_some()
+const fn pair_of(slot: u32) -> u32 {
+    slot >> 1
+}
+
+/// Frees both slots of `pair` and returns it to the free list (idempotent: a pair already
+/// free is left alone).
+#[inline]
+fn release(keys: &mut [Option<FlowKey>], free: &mut Vec<u32>, pair: u32) {
+    let first = 2 * pair as usize;
+    if let Some(both) = keys.get_mut(first..first + 2)
+        && both.iter().any(Option::is_some)
     {
-        // `free` was allocated with room for every slot, so this never allocates.
-        free.push(slot);
+        both.fill(None);
+        // `free` was allocated with room for every pair, so this never allocates.
+        free.push(pair);
     }
 }
 
@@ -972,7 +979,8 @@ impl ConnTrack {
         if capacity > MAX_CAPACITY {
             return Err(too_large);
         }
-        let slots = u32::try_from(capacity).map_err(|_| too_large)?;
+        // At most `capacity / 2` NAT pairs fit in the table at once.
+        let pairs = u32::try_from(capacity / 2).map_err(|_| too_large)?;
         let timeouts = TimeoutTicks::new(timeouts, rate)?;
 
         // Up to SHARD_MEAN_MAX entries: one table with more than twice `capacity` slots.
@@ -984,7 +992,7 @@ impl ConnTrack {
                 (vec![t], capacity, PageBacking::Heap)
             } else {
                 let n = capacity.div_ceil(SHARD_MEAN_MAX);
-                let chunks = PagedChunks::new(n, SHARD_BUCKETS, None).unwrap_or_else(|| {
+                let chunks = PagedChunks::new(n, SHARD_BUCKETS, Slot::EMPTY).unwrap_or_else(|| {
                     std::alloc::handle_alloc_error(Layout::new::<[Slot; SHARD_BUCKETS]>())
                 });
                 let backing = chunks.backing();
@@ -999,16 +1007,16 @@ impl ConnTrack {
             };
         let nshards = u64::try_from(tables.len()).map_err(|_| too_large)?;
         let buckets = tables.iter().map(Table::num_buckets).sum();
-        let mut free = Vec::with_capacity(capacity);
-        // Lowest slot first out.
-        free.extend((0..slots).rev());
+        let mut free = Vec::with_capacity(capacity / 2);
+        // Lowest pair first out.
+        free.extend((0..pairs).rev());
         Ok(Self {
             cursor: (tables.len() - 1, 0),
             tables: tables.into_boxed_slice(),
             nshards,
             shard_limit,
             hasher: KeyHash::new(&hasher),
-            keys: vec![None; capacity].into_boxed_slice(),
+            keys: vec![None; 2 * (capacity / 2)].into_boxed_slice(),
             free,
             buckets,
             len: 0,
@@ -1089,8 +1097,8 @@ impl ConnTrack {
             + self.free.capacity() * size_of::<u32>()
     }
 
-    /// The live entry for `key`, refreshed: `last_seen = now` and its deadline pushed out by
-    /// its timeout. An expired entry found here is removed and reported as a miss (but see
+    /// The live entry for `key`, refreshed: its deadline pushed out to `now` + its
+    /// timeout. An expired entry found here is removed and reported as a miss (but see
     /// the NAT pair rule in the module docs). For TCP, prefer [`ConnTrack::lookup_tcp`] so
     /// FIN/RST shorten the flow's life.
     #[inline]
@@ -1129,9 +1137,9 @@ impl ConnTrack {
         }
     }
 
-    /// Prefetches the slot `key` would be found in first (its home slot, both or all three
-    /// of its cache lines): a hint, with no loads that wait and nothing changed. A burst
-    /// issues one per packet before its lookups, so their cache and TLB misses overlap.
+    /// Prefetches the slot `key` would be found in first (its home slot, one cache line):
+    /// a hint, with no loads that wait and nothing changed. A burst issues one per packet
+    /// before its lookups, so their cache and TLB misses overlap.
     #[inline]
     pub(crate) fn prefetch(&self, key: &HashedKey) {
         if let Some(t) = self.tables.get(shard_of(key.hash, self.nshards)) {
@@ -1210,7 +1218,9 @@ impl ConnTrack {
             if let Some(t) = self.tables.get_mut(idx) {
                 t.remove_at(pos, &self.hasher);
             }
-            release(&mut self.keys, &mut self.free, entry.slot);
+            if entry.has_peer() {
+                release(&mut self.keys, &mut self.free, pair_of(entry.peer));
+            }
             self.len -= 1;
             self.stats.expired += 1;
             self.stats.misses += 1;
@@ -1233,8 +1243,7 @@ impl ConnTrack {
                 removed += 1;
             }
         }
-        release(&mut self.keys, &mut self.free, entry.slot);
-        release(&mut self.keys, &mut self.free, entry.peer);
+        release(&mut self.keys, &mut self.free, pair_of(entry.peer));
         self.len -= removed;
         self.stats.expired += removed as u64;
         self.stats.misses += 1;
@@ -1379,17 +1388,20 @@ impl ConnTrack {
                 return Err(InsertError::Full);
             }
         }
-        // Pair members are at most `len <= capacity - 2`, so two slots are free.
-        let (Some(fs), Some(rs)) = (self.free.pop(), self.free.pop()) else {
+        // Pairs in use are at most `len / 2 <= (capacity - 2) / 2`, so one of the
+        // `capacity / 2` pairs is free.
+        let Some(pair) = self.free.pop() else {
             self.stats.full += 1;
             return Err(InsertError::Full);
         };
+        let (fs, rs) = (2 * pair, 2 * pair + 1);
         self.keys[fs as usize] = Some(fwd_key);
         self.keys[rs as usize] = Some(rev_key);
         let mut fwd = self.prepare(&fwd_key, fwd, flags, now);
         let mut rev = self.prepare(&rev_key, rev, flags, now);
-        (fwd.slot, fwd.peer) = (fs, rs);
-        (rev.slot, rev.peer) = (rs, fs);
+        // Each side links to the other; its own slot is the other half of the pair.
+        fwd.peer = rs;
+        rev.peer = fs;
         rev.flags |= Entry::REVERSE;
         for ((k, e), (h, s)) in [(fwd_key, fwd), (rev_key, rev)]
             .into_iter()
@@ -1443,7 +1455,7 @@ impl ConnTrack {
             };
             let found = slots
                 .iter()
-                .rposition(|x| x.as_ref().is_some_and(|(_, e)| !e.is_live(now)));
+                .rposition(|x| x.0.as_ref().is_some_and(|(_, e)| !e.is_live(now)));
             let next = found.map_or(lo, |j| lo + j);
             left -= i - next;
             self.cursor = (s, next);
@@ -1477,7 +1489,9 @@ impl ConnTrack {
             if let Some(t) = self.tables.get_mut(s) {
                 t.remove_at(i, &self.hasher);
             }
-            release(&mut self.keys, &mut self.free, e.slot);
+            if e.has_peer() {
+                release(&mut self.keys, &mut self.free, pair_of(e.peer));
+            }
             self.len -= 1;
             return 1;
         };
@@ -1490,14 +1504,14 @@ impl ConnTrack {
                 removed += 1;
             }
         }
-        release(&mut self.keys, &mut self.free, e.slot);
-        release(&mut self.keys, &mut self.free, e.peer);
+        release(&mut self.keys, &mut self.free, pair_of(e.peer));
         self.len -= removed;
         removed
     }
 
-    /// Fills in times, TCP state and slots of an entry about to be inserted. Both sides of a
-    /// pair are created from the client's packet, so the flags are in the original direction.
+    /// Fills in the deadline and TCP state of an entry about to be inserted, and clears its
+    /// peer link and flags. Both sides of a pair are created from the client's packet, so the
+    /// flags are in the original direction.
     #[inline]
     fn prepare(&self, key: &FlowKey, mut e: Entry, flags: TcpFlags, now: Tick) -> Entry {
         e.tcp = if key.proto() == IpProtocol::TCP {
@@ -1505,15 +1519,13 @@ impl ConnTrack {
         } else {
             TcpState(0)
         };
-        e.created = now;
-        e.last_seen = now;
         e.expires = now.saturating_add(self.timeouts.for_state(key.proto(), e.tcp));
-        (e.slot, e.peer, e.flags) = (NO_SLOT, NO_SLOT, 0);
+        (e.peer, e.flags) = (NO_SLOT, 0);
         e
     }
 
     /// `e` (already out of the table, or overwritten) was one side of a pair: removes the
-    /// other side and frees both slots.
+    /// other side and frees the pair's two slots.
     fn unpair(&mut self, e: &Entry) {
         if let Some(peer_key) = self.peer_key(e)
             && take(&mut self.tables, self.nshards, &self.hasher, &peer_key).is_some()
@@ -1521,8 +1533,7 @@ impl ConnTrack {
             self.len -= 1;
             self.stats.removed += 1;
         }
-        release(&mut self.keys, &mut self.free, e.slot);
-        release(&mut self.keys, &mut self.free, e.peer);
+        release(&mut self.keys, &mut self.free, pair_of(e.peer));
     }
 
     /// Test support: `capacity` split over `nshards` tables that can each hold all of it, so
@@ -1563,23 +1574,50 @@ impl ConnTrack {
                 assert_eq!(shard_of(self.hasher.hash_one(k), self.nshards), s, "shard");
             }
         }
-        let used = self.keys.iter().filter(|k| k.is_some()).count();
-        assert_eq!(used + self.free.len(), self.capacity, "slab leak");
+        // The slab: `capacity / 2` pairs, each wholly used or wholly free, and every pair
+        // either in use or on the free list, once.
+        let pairs = self.capacity / 2;
+        assert_eq!(self.keys.len(), 2 * pairs, "slab size");
+        let mut on_free_list = vec![false; pairs];
+        for &f in &self.free {
+            let seen = on_free_list
+                .get_mut(f as usize)
+                .expect("free pair out of range");
+            assert!(!*seen, "pair freed twice");
+            *seen = true;
+        }
+        let mut used_pairs = 0;
+        for (pair, (both, free)) in self.keys.chunks(2).zip(&on_free_list).enumerate() {
+            let [fwd, rev] = both else {
+                panic!("odd slab length");
+            };
+            assert_eq!(fwd.is_some(), rev.is_some(), "half-used pair {pair}");
+            assert_ne!(
+                fwd.is_some(),
+                *free,
+                "pair {pair} both used and free, or neither"
+            );
+            used_pairs += usize::from(fwd.is_some());
+        }
+        assert_eq!(used_pairs + self.free.len(), pairs, "slab leak");
         let mut paired = 0;
         for (k, e) in self.iter() {
             assert!(self.peek(k).is_some(), "entry unreachable by its probe");
             if e.has_peer() {
                 paired += 1;
-                assert_eq!(self.keys[e.slot as usize], Some(*k), "own slot");
+                // The entry's own slot is derived: the other half of its peer's pair.
+                let own = e.peer ^ 1;
+                assert_eq!(self.keys[own as usize], Some(*k), "own slot");
+                assert_eq!(own % 2 == 1, e.is_reverse(), "reverse side in the odd slot");
                 let pk = self.keys[e.peer as usize].expect("peer slot");
                 let p = self.peek(&pk).expect("peer entry");
-                assert_eq!((p.peer, p.slot), (e.slot, e.peer), "peer link");
+                assert_eq!(p.peer, own, "peer link");
                 assert_ne!(p.is_reverse(), e.is_reverse(), "one reverse side");
             } else {
-                assert_eq!(e.slot, NO_SLOT);
+                assert!(!e.is_reverse(), "a reverse entry without its forward side");
             }
         }
-        assert_eq!(paired, used, "slots held by non-entries");
+        assert_eq!(paired, 2 * used_pairs, "slots held by non-entries");
     }
 }
 
@@ -1602,7 +1640,6 @@ fn refresh(
             newly_closing = !before.is_closing() && e.tcp.is_closing();
         }
     }
-    e.last_seen = now;
     e.expires = now.saturating_add(t.for_state(proto, e.tcp));
     newly_closing
 }
@@ -1758,9 +1795,10 @@ mod tests {
             assert_eq!(c.shard_limit, limit, "capacity {cap}");
             c.check_invariants();
         }
-        // 1M entries: 255 MB of hash tables + 44 MB of pair slab and free list.
+        // 1M entries: 184 MB of hash tables (2 867 200 slots of 64 bytes) + 42 MB of pair
+        // slab (1M keys) and free list (500 000 pairs).
         let bytes = ct(1_000_000).allocated_bytes();
-        assert!((295_000_000..300_000_000).contains(&bytes), "{bytes}");
+        assert!((225_000_000..227_000_000).contains(&bytes), "{bytes}");
     }
 
     /// Random churn at a full single table: removals shift entries back instead of leaving
@@ -1840,7 +1878,7 @@ mod tests {
             let (mut total, mut worst) = (0usize, 0usize);
             for t in c.tables.iter() {
                 for (pos, slot) in t.slots.iter().enumerate() {
-                    if let Some((k, _)) = slot {
+                    if let Some((k, _)) = &slot.0 {
                         let d = pos.wrapping_sub(t.home(c.hasher.hash_one(k))) & t.mask;
                         total += d;
                         worst = worst.max(d);
@@ -1867,15 +1905,16 @@ mod tests {
             Tick(100),
         )
         .unwrap();
+        // Inserted at 100: UDP lives 60 s from then...
+        assert_eq!(c.peek(&udp(1)).unwrap().expires(), Tick(160));
         let e = *c.lookup(&udp(1), Tick(130)).unwrap();
         assert_eq!(
             (e.backend_id(), e.service_id(), e.nat_port()),
             (7, 3, 40_001)
         );
-        assert_eq!(
-            (e.created(), e.last_seen(), e.expires()),
-            (Tick(100), Tick(130), Tick(190))
-        );
+        // ... and the hit at 130 pushes the deadline to 60 s after the hit.
+        assert_eq!(e.expires(), Tick(190));
+        assert_eq!(c.peek(&udp(1)).unwrap().expires(), Tick(190));
         assert!(!e.has_peer() && !e.is_reverse());
         c.lookup(&udp(1), Tick(189)).unwrap().set_backend_id(9);
         assert_eq!(c.peek(&udp(1)).unwrap().backend_id(), 9);
@@ -2150,11 +2189,22 @@ mod tests {
         c.check_invariants();
     }
 
+    /// A slot is one cache line: 64 bytes, and 64-aligned wherever the slots live (the
+    /// heap for small tables, 2 MiB pages or the heap for sharded ones).
     #[test]
-    fn entry_and_key_sizes() {
-        assert_eq!(size_of::<Entry>(), 48);
-        assert_eq!(size_of::<(FlowKey, Entry)>(), 88);
+    fn entry_and_slot_sizes() {
+        assert_eq!(size_of::<Entry>(), 24);
+        assert_eq!(size_of::<(FlowKey, Entry)>(), 64);
+        assert_eq!((size_of::<Slot>(), align_of::<Slot>()), (64, 64));
         assert_eq!(size_of::<InsertError>(), 1);
+        for cap in [1, 1_000, 2_865, 100_000] {
+            let c = ct(cap);
+            for t in c.tables.iter() {
+                assert_eq!(t.slots.as_ptr().addr() % 64, 0, "capacity {cap}");
+            }
+        }
+        let c = cts(8, 3);
+        assert!(c.tables.iter().all(|t| t.slots.as_ptr().addr() % 64 == 0));
     }
 
     // === property tests ===
