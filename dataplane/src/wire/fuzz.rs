@@ -5,6 +5,7 @@
 //! "any bytes" proptests. It checks the module's contract and panics (the fuzzer's signal) when
 //! it does not hold:
 //!
+//! - the fixed-offset fast path agrees with the layered parse wherever it answers;
 //! - [`parse_frame`] returns, and on success every layer it reported views again with
 //!   `new_checked` at the offsets it gave, with the same field values, and every getter of
 //!   every such layer runs;
@@ -21,7 +22,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::{
     FragmentInfo, InnerFlow, IpProtocol, L3, ParsedFrame, arp, checksum, ethernet, gue, icmpv4,
-    icmpv6, ipv4, ipv6, parse_frame, tcp, udp, vlan,
+    icmpv6, ipv4, ipv6, parse_frame, parse_frame_layered, parse_ipv4_fast, tcp, udp, vlan,
 };
 
 const V4A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
@@ -32,6 +33,13 @@ const V6B: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
 /// Runs [`parse_frame`] and, on success, every getter of every layer it found; then every
 /// view and `Repr` of this module on the raw bytes. Panics if the contract is broken.
 pub fn parse_frame_and_getters(data: &[u8]) {
+    if let Some(fast) = parse_ipv4_fast(data) {
+        assert_eq!(
+            Ok(fast),
+            parse_frame_layered(data),
+            "the fast path disagrees with the layered parse"
+        );
+    }
     if let Ok(pf) = parse_frame(data) {
         check_parsed(data, &pf);
     }

@@ -466,6 +466,142 @@ fn refill_ipv4(v: &mut [u8], at: usize) {
     ipv4::Packet::new_unchecked(&mut v[at..]).fill_checksum();
 }
 
+/// The fixed-offset fast path against the layered parse on every boundary of the fields it
+/// reads (EtherType, version/IHL, total length, fragment bits, protocol, TCP data offset, UDP
+/// length), alone and paired with a total-length edit, on TCP and UDP frames with and without
+/// payload, the IPv4 checksum made good after each edit: wherever the fast path answers it
+/// agrees with the layered parse, and it answers for every common-case frame that parses.
+#[test]
+fn fast_path_matches_layered_parse_on_field_boundaries() {
+    const L3: usize = 14;
+    const L4: usize = 34;
+    let put16 =
+        |v: &mut Vec<u8>, at: usize, x: u16| v[at..at + 2].copy_from_slice(&x.to_be_bytes());
+    let bases: Vec<Vec<u8>> = [(true, 0usize), (true, 26), (false, 0), (false, 30)]
+        .into_iter()
+        .map(|(tcp, payload)| {
+            let step =
+                PacketBuilder::ethernet2(MAC_A.0, MAC_B.0).ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64);
+            let mut out = Vec::new();
+            let data = vec![0xa5; payload];
+            if tcp {
+                step.tcp(40000, 80, 1, 1024)
+                    .ack(1)
+                    .write(&mut out, &data)
+                    .unwrap();
+            } else {
+                step.udp(40000, 53).write(&mut out, &data).unwrap();
+            }
+            // Ethernet pads short frames to 60 bytes; the IP total length excludes the padding.
+            out.resize(out.len().max(60), 0);
+            out
+        })
+        .collect();
+    type Edit = Box<dyn Fn(&mut Vec<u8>)>;
+    let mut edits: Vec<(String, Edit)> = vec![("none".into(), Box::new(|_| {}))];
+    for x in [0x0800u16, 0x86dd, 0x8100, 0x0806] {
+        edits.push((
+            format!("ethertype {x:#x}"),
+            Box::new(move |v| put16(v, 12, x)),
+        ));
+    }
+    for x in [0x45u8, 0x44, 0x46, 0x4f, 0x55, 0x65, 0x05] {
+        edits.push((format!("ver/ihl {x:#x}"), Box::new(move |v| v[L3] = x)));
+    }
+    // Options that add nothing to the checksum: only the IHL tells this header from one
+    // without options.
+    edits.push((
+        "ihl 6, zero option".into(),
+        Box::new(|v| {
+            v[L3] = 0x46;
+            v[L4..L4 + 4].fill(0);
+        }),
+    ));
+    for x in [
+        0x0000u16, 0x4000, 0x8000, 0x2000, 0x6000, 0x0001, 0x1fff, 0x3fff, 0xc000,
+    ] {
+        edits.push((
+            format!("frag {x:#x}"),
+            Box::new(move |v| put16(v, L3 + 6, x)),
+        ));
+    }
+    for x in [6u8, 17, 1, 0, 58, 255] {
+        edits.push((format!("proto {x}"), Box::new(move |v| v[L3 + 9] = x)));
+    }
+    for x in [0x00u8, 0x40, 0x50, 0x5f, 0x60, 0x70, 0x80, 0xf0] {
+        edits.push((
+            format!("data offset {x:#x}"),
+            Box::new(move |v| v[L4 + 12] = x),
+        ));
+    }
+    for d in [-2i32, -1, 0, 1, 2] {
+        edits.push((
+            format!("udp len {d:+}"),
+            Box::new(move |v| {
+                let total = i32::from(u16::from_be_bytes([v[L3 + 2], v[L3 + 3]]));
+                put16(v, L4 + 4, u16::try_from((total - 20 + d).max(0)).unwrap());
+            }),
+        ));
+    }
+    for x in [0u16, 7, 8, 9, 19, 20, 21] {
+        edits.push((
+            format!("udp len {x}"),
+            Box::new(move |v| put16(v, L4 + 4, x)),
+        ));
+    }
+    let totals: Vec<Box<dyn Fn(usize) -> u16>> = vec![
+        Box::new(|_| 0),
+        Box::new(|_| 19),
+        Box::new(|_| 20),
+        Box::new(|_| 27),
+        Box::new(|_| 28),
+        Box::new(|_| 39),
+        Box::new(|_| 40),
+        Box::new(|n| u16::try_from(n - L3 - 1).unwrap()),
+        Box::new(|n| u16::try_from(n - L3).unwrap()),
+        Box::new(|n| u16::try_from(n - L3 + 1).unwrap()),
+        Box::new(|_| 0xffff),
+    ];
+    let (mut fast, mut all) = (0, 0);
+    for base in &bases {
+        for (name, edit) in &edits {
+            for total in std::iter::once(None).chain(totals.iter().map(Some)) {
+                let mut v = base.clone();
+                edit(&mut v);
+                if let Some(t) = total {
+                    let t = t(v.len());
+                    put16(&mut v, L3 + 2, t);
+                }
+                if usize::from(v[L3] & 0x0f) * 4 <= v.len() - L3 {
+                    refill_ipv4(&mut v, L3);
+                }
+                // Compares the two paths wherever the fast one answers.
+                fuzz::parse_frame_and_getters(&v);
+                let common = parse_frame_layered(&v).is_ok_and(|pf| {
+                    pf.vlan.is_none()
+                        && pf.l3 == L3::Ipv4
+                        && pf.l4_offset == L4
+                        && pf.fragment == FragmentInfo::None
+                        && matches!(pf.proto, IpProtocol::TCP | IpProtocol::UDP)
+                });
+                assert_eq!(
+                    parse_ipv4_fast(&v).is_some(),
+                    common,
+                    "{name}, total {:?}",
+                    total.map(|t| t(v.len()))
+                );
+                fast += usize::from(common);
+                all += 1;
+            }
+        }
+    }
+    // Both outcomes are well represented.
+    assert!(
+        fast > all / 10 && fast < all / 2,
+        "{fast} of {all} took the fast path"
+    );
+}
+
 #[test]
 fn every_frame_error_is_reachable() {
     use FrameError as E;
@@ -930,6 +1066,11 @@ proptest! {
         }
         // L4 checksums etherparse wrote verify with this crate's code.
         prop_assert!(l4_checksum_ok(&frame[pf.l4_offset..], &pf));
+        // The common case takes the fixed-offset path (which `parse_frame_and_getters` above
+        // compared with the layered parse); it needs 54 bytes to read.
+        let common = g.vlans.is_empty() && !g.v6 && g.ipv4_option_words == 0
+            && !matches!(g.l4, GenL4::Echo { .. }) && frame.len() >= 54;
+        prop_assert_eq!(super::parse_ipv4_fast(&frame).is_some(), common);
     }
 
     /// NAT-style rewrites with the incremental helpers leave every checksum equal to a full
@@ -1000,6 +1141,33 @@ proptest! {
         let mut frame = V4_TCP_SYN[..12].to_vec();
         frame.extend_from_slice(&ethertype.to_be_bytes());
         frame.extend_from_slice(&bytes);
+        fuzz::parse_frame_and_getters(&frame);
+    }
+
+    /// Edits inside the IPv4, TCP and UDP headers of common-case frames (lengths, fragment
+    /// bits, protocol, data offset...) with the IPv4 checksum then made good again, so the
+    /// fixed-offset fast path looks past it: wherever it answers, it agrees with the layered
+    /// parse (`parse_frame_and_getters` compares them).
+    #[test]
+    fn fast_path_agrees_on_header_edits(
+        g in gen_packet().prop_filter("untagged IPv4 without options", |g| {
+            g.vlans.is_empty() && !g.v6 && g.ipv4_option_words == 0
+        }),
+        edits in proptest::collection::vec((14usize..54, any::<u8>()), 1..4),
+        truncate in proptest::option::of(14usize..120),
+    ) {
+        let mut frame = build(&g);
+        frame.resize(frame.len().max(54), 0);
+        for (at, byte) in edits {
+            frame[at] = byte;
+        }
+        // (An edited IHL may reach past the frame; then there is no checksum to fix.)
+        if usize::from(frame[14] & 0x0f) * 4 <= frame.len() - 14 {
+            refill_ipv4(&mut frame, 14);
+        }
+        if let Some(t) = truncate {
+            frame.truncate(t.min(frame.len()));
+        }
         fuzz::parse_frame_and_getters(&frame);
     }
 
