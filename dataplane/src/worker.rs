@@ -125,7 +125,16 @@ pub fn run(mut w: WorkerSetup) -> Pipeline {
     let mut loops = 0u32;
     // Our own handle on the inboxes, so popping ours does not borrow `w` (cloned once).
     let inboxes = Arc::clone(&w.inboxes);
-    tracing::info!(worker = w.index, core = ?w.core, ports = nports, "worker running");
+    let ct = w.pipeline.conntrack();
+    tracing::info!(
+        worker = w.index,
+        core = ?w.core,
+        ports = nports,
+        conntrack_capacity = ct.capacity(),
+        conntrack_mib = ct.allocated_bytes() >> 20,
+        conntrack_pages = %ct.page_backing(),
+        "worker running"
+    );
 
     while !w.stop.load(Ordering::Relaxed) {
         if let Err(e) = w.tables.check() {
