@@ -69,8 +69,11 @@ command -v dpdk-testpmd >/dev/null || apt_install dpdk-dev
 command -v nft >/dev/null || apt_install nftables
 [ -f "$FONT" ] || apt_install fonts-dejavu-core
 command -v curl >/dev/null || apt_install curl
-# pktgen and a dataplane at once: 512 + 512 MB, plus the table region.
-ci/hugepages.sh 768
+# pktgen and a dataplane at once: 512 + 512 MB, plus the table region; the scaling part's
+# 10 M-flow conntrack (1.8 GB of slots) wants hugetlb pages of its own, as an LB node sized
+# for that many flows would have. The pool goes back to its size at exit (cleanup).
+HUGEPAGES_BEFORE=$(cat /proc/sys/vm/nr_hugepages)
+if [[ " $PARTS " == *" scaling "* ]]; then ci/hugepages.sh 1792; else ci/hugepages.sh 768; fi
 
 if [ -z "${SLUICE_BENCH_NO_BUILD:-}" ]; then
   echo "== building (release)" >&2
@@ -133,6 +136,10 @@ cleanup() {
     rm -f "/dev/hugepages/sluice-$r" "/dev/shm/sluice-$r"
   done
   if [ -n "${SLUICE_BENCH_KEEP:-}" ]; then echo "throughput: logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
+  # Free the pages this script added (the kernel only releases pages nobody holds).
+  if [ -n "${HUGEPAGES_BEFORE:-}" ] && [ "$(cat /proc/sys/vm/nr_hugepages)" -gt "$HUGEPAGES_BEFORE" ]; then
+    echo "$HUGEPAGES_BEFORE" >/proc/sys/vm/nr_hugepages || true
+  fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
