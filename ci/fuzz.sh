@@ -17,7 +17,8 @@ case "${1:-build}" in
       (cd fuzz && cargo +nightly fuzz build)
     else
       echo "fuzz: no nightly toolchain; checking the targets on stable instead"
-      cargo check --manifest-path fuzz/Cargo.toml --bins
+      # The targets' bodies live in the crates under `cfg(fuzzing)`, which cargo-fuzz sets.
+      RUSTFLAGS="${RUSTFLAGS:-} --cfg fuzzing" cargo check --manifest-path fuzz/Cargo.toml --bins
     fi
     ;;
   run)
