@@ -520,41 +520,41 @@ pub fn parse_frame(frame: &[u8]) -> core::result::Result<ParsedFrame, FrameError
 ///
 /// One bounds check for the 54 bytes it reads, the checksum as five native-endian 32-bit
 /// words (the one's-complement sum is byte-order independent and 0xFFFF reads the same either
-/// way), and one write of the result: about a third of the layered parse's instructions.
+/// way), and one write of the result: 10.5 ns against the layered parse's 19 (bench/RESULTS.md).
 #[inline]
 pub(crate) fn parse_ipv4_fast(frame: &[u8]) -> Option<ParsedFrame> {
-    const L3: usize = ethernet::HEADER_LEN;
-    const L4: usize = L3 + ipv4::HEADER_LEN;
+    const L3_AT: usize = ethernet::HEADER_LEN;
+    const L4_AT: usize = L3_AT + ipv4::HEADER_LEN;
     // Ethernet + IPv4 without options + the larger of the TCP and UDP fixed headers.
-    let h: &[u8; L4 + tcp::HEADER_LEN] = frame.first_chunk()?;
+    let h: &[u8; L4_AT + tcp::HEADER_LEN] = frame.first_chunk()?;
     let be16 = |i: usize| u16::from_be_bytes([h[i], h[i + 1]]);
-    if be16(12) != EtherType::IPV4.0 || h[L3] != 0x45 {
+    if be16(12) != EtherType::IPV4.0 || h[L3_AT] != 0x45 {
         return None;
     }
-    let total_len = be16(L3 + 2);
+    let total_len = be16(L3_AT + 2);
     let l4_len = usize::from(total_len).checked_sub(ipv4::HEADER_LEN)?;
     // Non-zero offset or MF: a fragment (the DF and reserved bits do not matter).
-    if be16(L3 + 6) & 0x3FFF != 0 || frame.len() < L3 + usize::from(total_len) {
+    if be16(L3_AT + 6) & 0x3FFF != 0 || frame.len() < L3_AT + usize::from(total_len) {
         return None;
     }
     let word = |i: usize| u64::from(u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
-    let sum = word(L3) + word(L3 + 4) + word(L3 + 8) + word(L3 + 12) + word(L3 + 16);
+    let sum = word(L3_AT) + word(L3_AT + 4) + word(L3_AT + 8) + word(L3_AT + 12) + word(L3_AT + 16);
     if checksum::fold(sum) != 0xFFFF {
         return None;
     }
-    let proto = IpProtocol(h[L3 + 9]);
+    let proto = IpProtocol(h[L3_AT + 9]);
     let tcp_flags = match proto {
         // The data offset covers at least the fixed header and at most the segment.
         IpProtocol::TCP => {
-            let data_offset = usize::from(h[L4 + 12] >> 4) * 4;
+            let data_offset = usize::from(h[L4_AT + 12] >> 4) * 4;
             if !(tcp::HEADER_LEN..=l4_len).contains(&data_offset) {
                 return None;
             }
-            TcpFlags(h[L4 + 13])
+            TcpFlags(h[L4_AT + 13])
         }
         // The length field covers at least the header and at most the payload.
         IpProtocol::UDP => {
-            if !(udp::HEADER_LEN..=l4_len).contains(&usize::from(be16(L4 + 4))) {
+            if !(udp::HEADER_LEN..=l4_len).contains(&usize::from(be16(L4_AT + 4))) {
                 return None;
             }
             TcpFlags(0)
@@ -565,19 +565,19 @@ pub(crate) fn parse_ipv4_fast(frame: &[u8]) -> Option<ParsedFrame> {
     Some(ParsedFrame {
         vlan: None,
         inner_vlan: None,
-        l3_offset: L3,
+        l3_offset: L3_AT,
         l3: L3::Ipv4,
-        l4_offset: L4,
-        // At most 65535 - 20.
+        l4_offset: L4_AT,
+        // `total_len` >= 20: `l4_len` above is its checked difference.
         l4_len: total_len - 20,
         proto,
-        src: addr(L3 + 12),
-        dst: addr(L3 + 16),
-        src_port: be16(L4),
-        dst_port: be16(L4 + 2),
+        src: addr(L3_AT + 12),
+        dst: addr(L3_AT + 16),
+        src_port: be16(L4_AT),
+        dst_port: be16(L4_AT + 2),
         tcp_flags,
         fragment: FragmentInfo::None,
-        ttl: h[L3 + 8],
+        ttl: h[L3_AT + 8],
         icmp: None,
     })
 }
