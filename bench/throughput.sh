@@ -69,11 +69,6 @@ command -v dpdk-testpmd >/dev/null || apt_install dpdk-dev
 command -v nft >/dev/null || apt_install nftables
 [ -f "$FONT" ] || apt_install fonts-dejavu-core
 command -v curl >/dev/null || apt_install curl
-# pktgen and a dataplane at once: 512 + 512 MB, plus the table region; the scaling part's
-# 10 M-flow conntrack (1.8 GB of slots) wants hugetlb pages of its own, as an LB node sized
-# for that many flows would have. The pool goes back to its size at exit (cleanup).
-HUGEPAGES_BEFORE=$(cat /proc/sys/vm/nr_hugepages)
-if [[ " $PARTS " == *" scaling "* ]]; then ci/hugepages.sh 1792; else ci/hugepages.sh 768; fi
 
 if [ -z "${SLUICE_BENCH_NO_BUILD:-}" ]; then
   echo "== building (release)" >&2
@@ -143,6 +138,12 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# pktgen and a dataplane at once: 512 + 512 MB, plus the table region; the scaling part's
+# 10 M-flow conntrack (1.8 GB of slots) wants hugetlb pages of its own, as an LB node sized
+# for that many flows would have. The pool goes back to its size at exit (cleanup).
+HUGEPAGES_BEFORE=$(cat /proc/sys/vm/nr_hugepages)
+if [[ " $PARTS " == *" scaling "* ]]; then ci/hugepages.sh 1792; else ci/hugepages.sh 768; fi
 
 free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null ||

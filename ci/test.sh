@@ -40,7 +40,7 @@ set +e
 timeout --kill-after=30 "$limit" \
   cargo test --workspace --locked --no-fail-fast -- --include-ignored 2>&1 | tee target/test.log
 status=${PIPESTATUS[0]}
-[ "$status" = 124 ] && echo "tests: stopped after $limit s (a test hung?)"
+case $status in 124 | 137) echo "tests: stopped after $limit s (a test hung?)" ;; esac
 set -e
 passed=$(grep -o '[0-9]* passed' target/test.log | awk '{s += $1} END {print s + 0}')
 failed=$(grep -o '[0-9]* failed' target/test.log | awk '{s += $1} END {print s + 0}')

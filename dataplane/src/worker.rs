@@ -131,7 +131,7 @@ pub fn run(mut w: WorkerSetup) -> Pipeline {
         core = ?w.core,
         ports = nports,
         conntrack_capacity = ct.capacity(),
-        conntrack_mib = ct.allocated_bytes() >> 20,
+        conntrack_bytes = ct.allocated_bytes(),
         conntrack_pages = %ct.page_backing(),
         "worker running"
     );

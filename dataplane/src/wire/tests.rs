@@ -1150,8 +1150,12 @@ proptest! {
     /// parse (`parse_frame_and_getters` compares them).
     #[test]
     fn fast_path_agrees_on_header_edits(
-        g in gen_packet().prop_filter("untagged IPv4 without options", |g| {
-            g.vlans.is_empty() && !g.v6 && g.ipv4_option_words == 0
+        // Made untagged IPv4 without options, rather than filtered (which rejects ~65 in 66).
+        g in gen_packet().prop_map(|mut g| {
+            g.vlans.clear();
+            g.v6 = false;
+            g.ipv4_option_words = 0;
+            g
         }),
         edits in proptest::collection::vec((14usize..54, any::<u8>()), 1..4),
         truncate in proptest::option::of(14usize..120),
