@@ -928,10 +928,14 @@ const fn pair_of(slot: u32) -> u32 {
     slot >> 1
 }
 
-/// Frees both slots of `pair` and returns it to the free list (idempotent: a pair already
-/// free is left alone).
+/// Frees both slab slots of `e`'s NAT pair and returns the pair to the free list. Nothing
+/// for a lone entry, and idempotent: a pair already free is left alone.
 #[inline]
-fn release(keys: &mut [Option<FlowKey>], free: &mut Vec<u32>, pair: u32) {
+fn release(keys: &mut [Option<FlowKey>], free: &mut Vec<u32>, e: &Entry) {
+    if !e.has_peer() {
+        return;
+    }
+    let pair = pair_of(e.peer);
     let first = 2 * pair as usize;
     if let Some(both) = keys.get_mut(first..first + 2)
         && both.iter().any(Option::is_some)
@@ -1218,9 +1222,7 @@ impl ConnTrack {
             if let Some(t) = self.tables.get_mut(idx) {
                 t.remove_at(pos, &self.hasher);
             }
-            if entry.has_peer() {
-                release(&mut self.keys, &mut self.free, pair_of(entry.peer));
-            }
+            release(&mut self.keys, &mut self.free, &entry);
             self.len -= 1;
             self.stats.expired += 1;
             self.stats.misses += 1;
@@ -1243,7 +1245,7 @@ impl ConnTrack {
                 removed += 1;
             }
         }
-        release(&mut self.keys, &mut self.free, pair_of(entry.peer));
+        release(&mut self.keys, &mut self.free, &entry);
         self.len -= removed;
         self.stats.expired += removed as u64;
         self.stats.misses += 1;
@@ -1489,9 +1491,7 @@ impl ConnTrack {
             if let Some(t) = self.tables.get_mut(s) {
                 t.remove_at(i, &self.hasher);
             }
-            if e.has_peer() {
-                release(&mut self.keys, &mut self.free, pair_of(e.peer));
-            }
+            release(&mut self.keys, &mut self.free, &e);
             self.len -= 1;
             return 1;
         };
@@ -1504,7 +1504,7 @@ impl ConnTrack {
                 removed += 1;
             }
         }
-        release(&mut self.keys, &mut self.free, pair_of(e.peer));
+        release(&mut self.keys, &mut self.free, &e);
         self.len -= removed;
         removed
     }
@@ -1533,7 +1533,7 @@ impl ConnTrack {
             self.len -= 1;
             self.stats.removed += 1;
         }
-        release(&mut self.keys, &mut self.free, pair_of(e.peer));
+        release(&mut self.keys, &mut self.free, e);
     }
 
     /// Test support: `capacity` split over `nshards` tables that can each hold all of it, so
