@@ -6,7 +6,7 @@
 //! - **One table per worker, never shared.** [`ConnTrack`] has no locks and no atomics; the
 //!   worker that owns it is its only reader and writer. Its keys are hashed with a keyed
 //!   multiply-fold hash under process-local random secrets drawn from an ahash
-//!   `RandomState` (hash-flooding resistance; see `KeyHash`). That hash never leaves the
+//!   `RandomState` (hash-flooding resistance; see [`KeyedHash`]). That hash never leaves the
 //!   process; the cross-node hash is [`crate::flow::flow_hash`].
 //! - **Bounded, and allocation-free after [`ConnTrack::new`].** The capacity `n` is fixed at
 //!   construction and everything is allocated (and its pages faulted in) then: the slots,
@@ -99,7 +99,7 @@ use std::alloc::Layout;
 
 use thiserror::Error;
 
-use crate::flow::FlowKey;
+use crate::flow::{FlowKey, KeyedHash};
 use crate::io::mem::{self, Chunk, PageBacking, PagedChunks};
 use crate::wire::{IpProtocol, TcpFlags};
 
@@ -593,55 +593,6 @@ pub struct Stats {
     pub removed: u64,
 }
 
-// === KeyHash ===
-
-/// The table's keyed hash of a [`FlowKey`]: the key's five words
-/// ([`FlowKey::words`]) mixed with seven secret words by four 64×64→128-bit multiplies,
-/// each folded (high half XOR low half), in the manner of ahash's and wyhash's mixing.
-/// The secrets are drawn from the [`ahash::RandomState`] the table was built with (random
-/// per process unless a test seeds it), so packets cannot aim keys at one slot or shard
-/// (hash flooding). About 25 instructions, against ~100 for ahash's portable `Hasher`
-/// walk over the key. All 64 bits are mixed: slots use the low bits, shards bits 16..48;
-/// `tests::keyed_hash_keeps_probe_runs_short` checks the spread on sequential keys.
-#[derive(Clone)]
-struct KeyHash {
-    k: [u64; 7],
-}
-
-impl KeyHash {
-    fn new(rs: &ahash::RandomState) -> Self {
-        let mut k = [0u64; 7];
-        for (i, w) in (0u64..).zip(k.iter_mut()) {
-            *w = rs.hash_one(0x636f_6e6e_7472_6163_u64 ^ i);
-        }
-        Self { k }
-    }
-
-    #[inline]
-    fn hash_one(&self, key: impl std::borrow::Borrow<FlowKey>) -> u64 {
-        let [s0, s1, d0, d1, rest] = key.borrow().words();
-        let [k0, k1, k2, k3, k4, k5, k6] = self.k;
-        let a = folded_multiply(s0 ^ k0, s1 ^ k1);
-        let b = folded_multiply(d0 ^ k2, d1 ^ k3);
-        let c = folded_multiply(rest ^ k4, a ^ b ^ k5);
-        // A second round: one multiply leaves sequential ports (a client walking its
-        // ephemeral range) on evenly spaced, correlated values.
-        folded_multiply(c, k6)
-    }
-}
-
-/// The 128-bit product of `a` and `b`, halves XORed.
-#[inline]
-fn folded_multiply(a: u64, b: u64) -> u64 {
-    let p = u128::from(a) * u128::from(b);
-    #[allow(
-        clippy::cast_possible_truncation,
-        reason = "the two halves, on purpose"
-    )]
-    let h = (p as u64) ^ ((p >> 64) as u64);
-    h
-}
-
 // === Table ===
 
 /// A table slot: a flow and its entry, or nothing. 64 bytes (the key's family byte gives
@@ -809,7 +760,7 @@ impl Table {
     /// Removes the item in slot `pos` and shifts the items after it back, so that no probe
     /// crosses a hole (backward-shift deletion). Each item it passes is rehashed with
     /// `hasher` to find its home; a run of occupied slots is short (the load is below ½).
-    fn remove_at(&mut self, pos: usize, hasher: &KeyHash) -> Option<(FlowKey, Entry)> {
+    fn remove_at(&mut self, pos: usize, hasher: &KeyedHash) -> Option<(FlowKey, Entry)> {
         let removed = self.slots.get_mut(pos)?.0.take()?;
         self.len -= 1;
         let mask = self.mask;
@@ -862,7 +813,7 @@ pub struct ConnTrack {
     /// Most entries one shard may hold: less than half its hashbrown-style item capacity,
     /// so probe runs stay short and an empty slot always ends them.
     shard_limit: usize,
-    hasher: KeyHash,
+    hasher: KeyedHash,
     /// Pair slab: slot → key of a NAT pair member, two slots a pair (`2k` forward, `2k + 1`
     /// reverse), `capacity / 2` pairs. Only pair members hold a slot, and a pair's two slots
     /// are taken and freed together.
@@ -915,7 +866,7 @@ fn shard_of(hash: u64, nshards: u64) -> usize {
 
 /// Removes `key`'s entry, if present.
 #[inline]
-fn take(tables: &mut [Table], nshards: u64, hasher: &KeyHash, key: &FlowKey) -> Option<Entry> {
+fn take(tables: &mut [Table], nshards: u64, hasher: &KeyedHash, key: &FlowKey) -> Option<Entry> {
     let hash = hasher.hash_one(key);
     let table = tables.get_mut(shard_of(hash, nshards))?;
     let pos = table.find(hash, key)?;
@@ -1019,7 +970,7 @@ impl ConnTrack {
             tables: tables.into_boxed_slice(),
             nshards,
             shard_limit,
-            hasher: KeyHash::new(&hasher),
+            hasher: KeyedHash::from_random_state(&hasher),
             keys: vec![None; 2 * (capacity / 2)].into_boxed_slice(),
             free,
             buckets,

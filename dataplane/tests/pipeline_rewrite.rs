@@ -9,7 +9,7 @@ mod support;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use etherparse::IpNumber;
-use sluice_dataplane::flow::{FlowKey, flow_hash};
+use sluice_dataplane::flow::{FlowKey, KeyedHash};
 use sluice_dataplane::pipeline::{DropReason, PacketBuf, Pipeline, VecBuf, Verdict};
 use sluice_dataplane::tables::{BackendId, Mode, ServiceKey};
 use sluice_dataplane::wire::IpProtocol;
@@ -339,6 +339,12 @@ fn dsr_rewrites_macs_only() {
 
 // === encap ===
 
+/// The entropy an encapsulated packet of flow `key` carries (GUE source port, IPv6 flow
+/// label): the key's keyed hash under the Maglev seed.
+fn entropy(key: &FlowKey) -> u64 {
+    KeyedHash::from_seed(SEED).hash_one(key)
+}
+
 /// The bytes an encapsulated frame must have: Ethernet to the backend, the outer header(s),
 /// then `inner` (the client's IP packet) and `pad`.
 #[allow(
@@ -434,7 +440,7 @@ fn encap_case(inner_v6: bool, backend_v6: bool, is_tcp: bool, gue: bool) {
         vport(is_tcp),
         ipproto(is_tcp),
     );
-    let hash = flow_hash(&key, SEED);
+    let hash = entropy(&key);
     let expected = encap_expected(&input[14..], &[], inner_v6, 0xb9, true, bip, gue, hash, 1);
     assert_eq!(
         out, expected,
@@ -487,7 +493,7 @@ fn encap_keeps_padding_after_the_inner_packet_and_copies_df() {
         false,
         backend(5, false, 0).addr,
         false,
-        flow_hash(&key, SEED),
+        entropy(&key),
         1,
     );
     assert_eq!(out, expected);
@@ -516,7 +522,7 @@ fn encap_keeps_vlan_tags_and_retypes_the_innermost() {
         true,
         bip,
         true,
-        flow_hash(&key, SEED),
+        entropy(&key),
         1,
     );
     let expected = [
@@ -620,7 +626,7 @@ fn icmp_error_dsr_and_encap_follow_the_flow() {
                     assert_eq!(out, expected);
                 }
                 _ => {
-                    // The flow's entropy: the client flow's hash.
+                    // The flow's entropy: the client flow's keyed hash.
                     let key = FlowKey::new(client(v6), vip(v6), CPORT, 80, IpProtocol::TCP);
                     let bip = backends[usize::try_from(flow_backend.0 - 1).unwrap()].addr;
                     let mut expected = encap_expected(
@@ -631,7 +637,7 @@ fn icmp_error_dsr_and_encap_follow_the_flow() {
                         true,
                         bip,
                         mode == Mode::EncapGue,
-                        flow_hash(&key, SEED),
+                        entropy(&key),
                         2,
                     );
                     expected[..6].copy_from_slice(&backend_mac(flow_backend.0));

@@ -53,8 +53,8 @@
 //! A miss picks `table[flow_hash(key, seed) % M]`, or for a service with client-IP affinity
 //! ([`Affinity::ClientIp`](crate::tables::Affinity::ClientIp)) `table[client_hash(src, seed) % M]`
 //! ([`Service::pick_hash`]): every flow and fragment of a client, on every node, then picks
-//! one backend (ICMP errors use the quoted flow's client; encap entropy stays the flow
-//! hash). Conntrack is the same either way. An `EMPTY` entry means no backend. If the
+//! one backend (ICMP errors use the quoted flow's client; encap entropy stays per flow:
+//! [`KeyedHash`] of the flow key under the seed). Conntrack is the same either way. An `EMPTY` entry means no backend. If the
 //! entry's backend is not active (the window before control republishes a table without
 //! it), the next entries are probed, up to [`PROBE_LIMIT`] in all, for an active one: the
 //! probe order depends only on the hash, so every node picks the same. The flow is then
@@ -117,7 +117,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::RangeInclusive;
 
 use crate::conntrack::{ConnTrack, Entry, HashedKey, InsertError, Tick};
-use crate::flow::{FlowKey, flow_hash};
+use crate::flow::{FlowKey, KeyedHash, flow_hash};
 use crate::tables::{BackendEntry, BackendId, BackendState, Mode};
 use crate::wire::{
     EthernetAddress, FragmentInfo, FrameError, IcmpInfo, IpProtocol, L3, ParsedFrame, TcpFlags,
@@ -159,6 +159,8 @@ pub struct Pipeline {
     encap_v4: Ipv4Addr,
     encap_v6: Ipv6Addr,
     seed: u64,
+    /// The entropy of encapsulated packets ([`Encap::entropy`]), keyed by the seed.
+    entropy: KeyedHash,
     gue_port: u16,
     nat: NatPorts,
     ct: ConnTrack,
@@ -204,6 +206,7 @@ impl Pipeline {
                 .or(config.node_ipv6)
                 .unwrap_or(Ipv6Addr::UNSPECIFIED),
             seed: config.flow_hash_seed,
+            entropy: KeyedHash::from_seed(config.flow_hash_seed),
             gue_port: config.gue_port,
             nat: NatPorts::new(&config),
             ct,
@@ -477,24 +480,21 @@ impl Pipeline {
         let tag = if fragment { pf.dst_port } else { 0 };
         let hit = self.ct.lookup_tcp_hashed(key, pf.tcp_flags, now).copied();
         let key = key.key();
-        let mut hash = None;
-        let backend = match hit.and_then(|e| tracked_backend(svc, &e)) {
-            Some(b) => b,
+        // `new_flow`: Maglev picked the backend (a miss, or a flow moved off its backend).
+        let (backend, new_flow) = match hit.and_then(|e| tracked_backend(svc, &e)) {
+            Some(b) => (b, false),
             None => {
                 if hit.is_some() {
                     self.counters.backend_moves += 1;
                 }
                 let h = flow_hash(key, self.seed);
-                hash = Some(h);
                 match self.new_flow(svc, key, h, tag, pf.tcp_flags, now) {
-                    Some(b) => b,
+                    Some(b) => (b, true),
                     None => return Verdict::Drop(DropReason::NoBackend),
                 }
             }
         };
-        // A flow hash was computed exactly when Maglev picked the backend: a new flow.
-        let new_flow = hash.is_some();
-        self.send(mac, pkt, pf, svc, backend, key, hash, new_flow, bytes)
+        self.send(mac, pkt, pf, svc, backend, key, new_flow, bytes)
     }
 
     /// Picks a backend for a new (or moved) DSR/encap flow and tracks it; a full table only
@@ -536,26 +536,23 @@ impl Pipeline {
         if svc.mode == Mode::Nat {
             return Some(Verdict::Drop(DropReason::NatFragment));
         }
-        let mut hash = None;
-        let backend = match tracked_backend(&svc, &e) {
-            Some(b) => b,
+        let (backend, new_flow) = match tracked_backend(&svc, &e) {
+            Some(b) => (b, false),
             None => {
                 self.counters.backend_moves += 1;
                 let h = flow_hash(&key, self.seed);
-                hash = Some(h);
                 match self.new_flow(&svc, &key, h, e.nat_port(), TcpFlags(0), now) {
-                    Some(b) => b,
+                    Some(b) => (b, true),
                     None => return Some(Verdict::Drop(DropReason::NoBackend)),
                 }
             }
         };
-        let new_flow = hash.is_some();
-        Some(self.send(mac, pkt, pf, &svc, backend, &key, hash, new_flow, bytes))
+        Some(self.send(mac, pkt, pf, &svc, backend, &key, new_flow, bytes))
     }
 
-    /// Forwards to `backend` by DSR or encap (`svc.mode`). `hash` is the flow hash of `key`
-    /// when already computed (encap uses it for entropy); `new_flow` goes into the verdict.
-    /// Always inlined: on the hit path a call cost a fifth of its work.
+    /// Forwards to `backend` by DSR or encap (`svc.mode`); `key` is the flow's conntrack key
+    /// (its encap entropy comes from it) and `new_flow` goes into the verdict. Always
+    /// inlined: on the hit path a call cost a fifth of its work.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn send<B: PacketBuf>(
@@ -566,7 +563,6 @@ impl Pipeline {
         svc: &Service<'_>,
         backend: &BackendEntry,
         key: &FlowKey,
-        hash: Option<u64>,
         new_flow: bool,
         bytes: u32,
     ) -> Verdict {
@@ -588,11 +584,17 @@ impl Pipeline {
                 IpAddr::V6(_) => IpAddr::V6(self.encap_v6),
             };
             self.ident = self.ident.wrapping_add(1);
+            // Only GUE and an IPv6 outer header carry entropy: IP-in-IP over IPv4 skips the hash.
+            let entropy = if gue_port.is_some() || dst.is_ipv6() {
+                self.entropy.hash_one(key)
+            } else {
+                0
+            };
             let e = Encap {
                 src,
                 dst,
                 gue_port,
-                entropy: hash.unwrap_or_else(|| flow_hash(key, self.seed)),
+                entropy,
                 ident: self.ident,
             };
             if let Err(r) = rewrite::encap(pkt, pf, &e) {
@@ -849,7 +851,7 @@ impl Pipeline {
             // The client is the quoted packet's destination (`key`'s source), not the sender.
             let pick = || svc.pick(svc.pick_hash(hash, key.src(), self.seed));
             match tracked.or_else(|| pick().map(|(_, b)| b)) {
-                Some(b) => self.send(mac, pkt, pf, &svc, b, &key, Some(hash), false, bytes),
+                Some(b) => self.send(mac, pkt, pf, &svc, b, &key, false, bytes),
                 None => Verdict::Drop(DropReason::NoBackend),
             }
         };

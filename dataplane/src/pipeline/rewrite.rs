@@ -196,7 +196,8 @@ pub(super) struct Encap {
     pub dst: IpAddr,
     /// `Some(port)`: GUE to that UDP port; `None`: IP-in-IP.
     pub gue_port: Option<u16>,
-    /// Per-flow entropy (the flow hash): GUE source port, IPv6 flow label.
+    /// Per-flow entropy, the flow key's [`KeyedHash`](crate::flow::KeyedHash) under the
+    /// Maglev seed: GUE source port, IPv6 flow label.
     pub entropy: u64,
     /// IPv4 identification for the outer header.
     pub ident: u16,
@@ -212,8 +213,8 @@ pub(super) const ENCAP_TTL: u8 = 64;
 ///
 /// The outer IPv4 header gets a full checksum, TTL 64, the inner DSCP/ECN, and DF from an
 /// IPv4 inner packet (always set for IPv6 inner). The outer IPv6 header gets hop limit 64,
-/// the inner traffic class and a flow label from the flow hash. The GUE UDP source port is
-/// `0xC000 | (hash & 0x3FFF)` (ECMP entropy in the ephemeral range); its checksum is zero over
+/// the inner traffic class and a flow label from [`Encap::entropy`]. The GUE UDP source port
+/// is `0xC000 | (entropy & 0x3FFF)` (ECMP entropy in the ephemeral range); its checksum is zero over
 /// IPv4 and computed in full over IPv6. Ethernet padding, if any, stays after the inner
 /// packet as padding.
 pub(super) fn encap<B: PacketBuf>(
