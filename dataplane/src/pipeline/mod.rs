@@ -149,6 +149,28 @@ pub const AGE_BUDGET_PER_BURST: usize = 16;
 /// whole burst of prefetches up front (32) stalled on them (bench/RESULTS.md, "Pipeline").
 const PREFETCH_AHEAD: usize = 8;
 
+/// Slots of [`Pipeline::process_burst`]'s ring of staged packets: more than the lead, so
+/// staging packet `i + PREFETCH_AHEAD` never overwrites packet `i`'s slot, and a power of
+/// two, so a slot's index is a mask (with 9 slots the modulo cost ~2 ns a packet).
+const STAGE_RING: usize = 2 * PREFETCH_AHEAD;
+
+const _: () = assert!(STAGE_RING > PREFETCH_AHEAD && STAGE_RING.is_power_of_two());
+
+/// A frame parsed ahead of its turn: its parse and its hashed conntrack key.
+#[derive(Clone, Copy)]
+struct Staged {
+    parsed: Result<ParsedFrame, FrameError>,
+    key: Option<HashedKey>,
+}
+
+impl Staged {
+    /// A placeholder, overwritten before it is read.
+    const EMPTY: Self = Self {
+        parsed: Err(FrameError::Truncated),
+        key: None,
+    };
+}
+
 /// One worker's packet pipeline. See the module docs for the contract.
 #[derive(Debug)]
 pub struct Pipeline {
@@ -277,11 +299,33 @@ impl Pipeline {
         services: &S,
         now: Tick,
     ) -> Verdict {
+        let st = self.stage(pkt.data(), false);
+        self.process_staged(port, pkt, &st, services, now)
+    }
+
+    /// [`Pipeline::process_from`] for a frame [`Pipeline::stage`]d from its current bytes.
+    #[inline(always)]
+    fn process_staged<B: PacketBuf, S: Services + ?Sized>(
+        &mut self,
+        port: u16,
+        pkt: &mut B,
+        st: &Staged,
+        services: &S,
+        now: Tick,
+    ) -> Verdict {
         let bytes = u32::try_from(pkt.data().len()).unwrap_or(u32::MAX);
         self.counters.rx_packets += 1;
         self.counters.rx_bytes += u64::from(bytes);
         let v = match self.macs.get(usize::from(port)) {
-            Some(&mac) => self.classify(mac, pkt, services, now, bytes),
+            Some(&mac) => self.classify_parsed(
+                mac,
+                pkt,
+                st.parsed.as_ref().map_err(|e| *e),
+                st.key.as_ref(),
+                services,
+                now,
+                bytes,
+            ),
             None => Verdict::Drop(DropReason::UnknownPort),
         };
         self.counters.count(&v);
@@ -291,10 +335,10 @@ impl Pipeline {
     /// Processes a burst received on `port`: `verdicts[i]` for `pkts[i]`, for the first
     /// `min(pkts.len(), verdicts.len())` packets (the count is returned), then ages
     /// [`AGE_BUDGET_PER_BURST`] conntrack slots. Each verdict, rewrite and counter is what
-    /// [`Pipeline::process_from`] on each packet in order would give (stage 2 is exactly
-    /// that); the burst is faster with many flows: for 32 packets at a time it first reads
-    /// each TCP/UDP flow key at fixed offsets ([`prefetch_key`]) and prefetches its conntrack
-    /// slot, so the cache and TLB misses of the stage overlap instead of coming one by one.
+    /// [`Pipeline::process_from`] on each packet in order gives; the burst is faster with
+    /// many flows: each frame is parsed and its conntrack key hashed [`PREFETCH_AHEAD`]
+    /// packets before its turn, and its conntrack slot prefetched then, so the cache and TLB
+    /// misses of the stage overlap instead of coming one by one.
     pub fn process_burst<B: PacketBuf, S: Services + ?Sized>(
         &mut self,
         port: u16,
@@ -305,57 +349,47 @@ impl Pipeline {
     ) -> usize {
         let n = pkts.len().min(verdicts.len());
         let (pkts, verdicts) = (&mut pkts[..n], &mut verdicts[..n]);
-        // A hint per packet, PREFETCH_AHEAD packets before it is processed: the conntrack
-        // slot of each TCP/UDP flow is prefetched, so its cache lines (and TLB entry) arrive
-        // while the packets before it are processed. Nothing is stored: the lookup repeats
-        // the key's hash (a few ns) rather than keep a copy of each parse, which was written
-        // and read back at once (a store-forwarding stall per packet).
-        for p in pkts.iter().take(PREFETCH_AHEAD) {
-            self.prefetch_flow(p.data());
+        // Packet i + PREFETCH_AHEAD is staged just before packet i is processed. A frame's
+        // bytes do not change before its turn (each packet's rewrite touches only its own
+        // buffer), so its stage is its parse then. A slot is read PREFETCH_AHEAD packets
+        // after it was written, long after its stores retired: reading a parse back straight
+        // after writing it had cost a store-forwarding stall per packet (bench/RESULTS.md).
+        let mut ring = [Staged::EMPTY; STAGE_RING];
+        for (slot, p) in ring.iter_mut().zip(pkts.iter()).take(PREFETCH_AHEAD) {
+            *slot = self.stage(p.data(), true);
         }
         for i in 0..n {
-            if let Some(p) = pkts.get(i + PREFETCH_AHEAD) {
-                self.prefetch_flow(p.data());
+            if let (Some(p), Some(slot)) = (
+                pkts.get(i + PREFETCH_AHEAD),
+                ring.get_mut((i + PREFETCH_AHEAD) % STAGE_RING),
+            ) {
+                *slot = self.stage(p.data(), true);
             }
-            if let (Some(p), Some(v)) = (pkts.get_mut(i), verdicts.get_mut(i)) {
-                *v = self.process_from(port, p, services, now);
+            if let (Some(p), Some(v), Some(st)) = (
+                pkts.get_mut(i),
+                verdicts.get_mut(i),
+                ring.get(i % STAGE_RING),
+            ) {
+                *v = self.process_staged(port, p, st, services, now);
             }
         }
         self.ct.evict_expired(now, AGE_BUDGET_PER_BURST);
         n
     }
 
-    /// Prefetches the conntrack slot of `frame`'s flow, if [`prefetch_key`] finds one.
-    #[inline]
-    fn prefetch_flow(&self, frame: &[u8]) {
-        if let Some(k) = prefetch_key(frame) {
-            self.ct.prefetch(&self.ct.hash_key(k));
+    /// Parses `frame` and hashes its conntrack key ([`Pipeline::flow_key`]); with
+    /// `prefetch`, also prefetches the key's conntrack slot.
+    #[inline(always)]
+    fn stage(&self, frame: &[u8], prefetch: bool) -> Staged {
+        let parsed = parse_frame(frame);
+        let key = parsed.as_ref().ok().and_then(|pf| self.flow_key(pf));
+        if prefetch && let Some(k) = &key {
+            self.ct.prefetch(k);
         }
+        Staged { parsed, key }
     }
 
     // --- classification ---
-
-    #[inline]
-    fn classify<B: PacketBuf, S: Services + ?Sized>(
-        &mut self,
-        mac: EthernetAddress,
-        pkt: &mut B,
-        services: &S,
-        now: Tick,
-        bytes: u32,
-    ) -> Verdict {
-        let pf = parse_frame(pkt.data());
-        let key = pf.as_ref().ok().and_then(|pf| self.flow_key(pf));
-        self.classify_parsed(
-            mac,
-            pkt,
-            pf.as_ref().map_err(|e| *e),
-            key.as_ref(),
-            services,
-            now,
-            bytes,
-        )
-    }
 
     /// The conntrack key of a parsed frame ([`flow_key_of`]), hashed once for the lookup.
     #[inline]
@@ -943,72 +977,4 @@ fn flow_key_of(pf: &ParsedFrame) -> Option<FlowKey> {
         (IpAddr::V4(s), IpAddr::V4(d)) => FlowKey::v4(*s, *d, sport, dport, pf.proto),
         _ => FlowKey::new(pf.src, pf.dst, sport, dport, pf.proto),
     })
-}
-
-/// The conntrack key of a frame, read at fixed offsets for [`Pipeline::process_burst`]'s
-/// prefetch: Ethernet with up to two VLAN tags, then IPv4 (any header length) or IPv6
-/// (TCP/UDP right after the fixed header), TCP or UDP. The 3-tuple for a first IPv4
-/// fragment; `None` for later fragments, IPv6 extension headers, other protocols and short
-/// frames. Only a hint: for every frame that [`parse_frame`] accepts it is the key
-/// [`flow_key_of`] gives or `None`, and nothing but a prefetch depends on it.
-#[inline]
-fn prefetch_key(frame: &[u8]) -> Option<FlowKey> {
-    let mut off = 12;
-    let mut ethertype = u16::from_be_bytes([*frame.get(off)?, *frame.get(off + 1)?]);
-    for _ in 0..2 {
-        if ethertype != 0x8100 && ethertype != 0x88a8 {
-            break;
-        }
-        off += 4;
-        ethertype = u16::from_be_bytes([*frame.get(off)?, *frame.get(off + 1)?]);
-    }
-    let l3 = off + 2;
-    let tcp_or_udp = |p: u8| p == IpProtocol::TCP.0 || p == IpProtocol::UDP.0;
-    let ports = |l4: usize| -> Option<(u16, u16)> {
-        let p: &[u8; 4] = frame.get(l4..l4 + 4)?.try_into().ok()?;
-        Some((
-            u16::from_be_bytes([p[0], p[1]]),
-            u16::from_be_bytes([p[2], p[3]]),
-        ))
-    };
-    match ethertype {
-        0x0800 => {
-            let ip: &[u8; 20] = frame.get(l3..l3 + 20)?.try_into().ok()?;
-            if !tcp_or_udp(ip[9]) {
-                return None;
-            }
-            let proto = IpProtocol(ip[9]);
-            let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
-            let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
-            let frag = u16::from_be_bytes([ip[6], ip[7]]);
-            if frag & 0x1fff != 0 {
-                return None;
-            }
-            if frag & 0x2000 != 0 {
-                return Some(FlowKey::v4(src, dst, 0, 0, proto));
-            }
-            let (sport, dport) = ports(l3 + usize::from(ip[0] & 0x0f) * 4)?;
-            Some(FlowKey::v4(src, dst, sport, dport, proto))
-        }
-        0x86dd => {
-            let ip: &[u8; 40] = frame.get(l3..l3 + 40)?.try_into().ok()?;
-            if !tcp_or_udp(ip[6]) {
-                return None;
-            }
-            let addr = |at: usize| {
-                let mut a = [0u8; 16];
-                a.copy_from_slice(&ip[at..at + 16]);
-                Ipv6Addr::from_octets(a)
-            };
-            let (sport, dport) = ports(l3 + 40)?;
-            Some(FlowKey::v6(
-                addr(8),
-                addr(24),
-                sport,
-                dport,
-                IpProtocol(ip[6]),
-            ))
-        }
-        _ => None,
-    }
 }

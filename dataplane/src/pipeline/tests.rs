@@ -298,7 +298,7 @@ proptest! {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
 
-    /// `process_burst` (prefetching conntrack slots ahead, then processing) gives the
+    /// `process_burst` (staging packets ahead, then processing them) gives the
     /// verdicts, frames, counters and conntrack state of `process_from` on each packet in
     /// order. Every frame comes twice, so bursts hold flows set up earlier in the same burst;
     /// bursts are longer than a stage.
@@ -325,27 +325,6 @@ proptest! {
         prop_assert_eq!(one.counters(), burst.counters());
         prop_assert_eq!(one.conntrack().stats(), burst.conntrack().stats());
         prop_assert_eq!(one.conntrack().len(), burst.conntrack().len());
-    }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
-
-    /// The key `process_burst` prefetches with, read at fixed offsets, is the key the lookup
-    /// then uses (or none) for every frame the parser accepts: generated frames (sometimes
-    /// corrupted) and random bytes.
-    #[test]
-    fn prefetch_key_is_the_lookup_key(
-        spec in spec(),
-        junk in proptest::collection::vec(any::<u8>(), 0..120),
-    ) {
-        for f in [build(&spec), junk] {
-            if let Some(k) = super::prefetch_key(&f)
-                && let Ok(pf) = crate::wire::parse_frame(&f)
-            {
-                prop_assert_eq!(Some(k), super::flow_key_of(&pf));
-            }
-        }
     }
 }
 
