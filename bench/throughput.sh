@@ -93,8 +93,11 @@ GEN_MAC=02:53:4c:00:00:02
 # memif rings of 2^14 slots instead of the default 2^10: two busy-polling processes on
 # a shared 2-core machine are not always running at the same time, and a 1024-slot ring fills
 # within one time slice of the other side (measured: testpmd ~1.1 Mpps with 1024, ~7 Mpps
-# with 16384 on the same loaded machine).
-MEMIF="id=0,socket=$SOCK,socket-abstract=no,rsize=14"
+# with 16384 on the same loaded machine). Buffers of 256 bytes instead of 2048 (every frame
+# here fits: 64 bytes, plus at most 52 of IPv6 + UDP + GUE outer headers), so the region both
+# sides copy through is 8 MB of 4 KiB pages instead of 64 MB, and consecutive slots are
+# adjacent lines rather than one page apart.
+MEMIF="id=0,socket=$SOCK,socket-abstract=no,rsize=14,bsize=256"
 REGIONS=()
 PIDS=()
 NSES=()
@@ -578,31 +581,47 @@ if has_part scaling; then
 fi
 T_END=$SECONDS
 
-# Acceptance, from the medians.
+# Acceptance, twice: from each case's median round (what the issue names) and from its best
+# round. This VM has a slow mode that comes and goes for seconds at a time and slows every
+# process on it alike (testpmd alone, back to back: 6 or 13 Mpps with both threads at 100 %
+# of their cores), so a median can compare one case's slow rounds with another's fast ones.
+# Contention only ever slows a round down, so the best rounds compare the forwarders on the
+# undisturbed machine, and testpmd's best is the highest ceiling to hold Sluice to.
+best_of() { # case: highest forwarded Mpps over the rounds (0 when not measured)
+  printf '%s\n' "${MEAS[@]}" | awk -v c="$1" '$1 == c && $2 > m { m = $2 } END { print m + 0 }'
+}
 CHECKS=()
 check() { # ok text
   if [ "$1" = 1 ]; then CHECKS+=("- PASS: $2"); else CHECKS+=("- **FAIL**: $2"); fi
 }
 ge() { awk -v a="$1" -v b="$2" 'BEGIN { print (a >= b) ? 1 : 0 }'; }
-TP=$(rx_of testpmd)
-if has_part memif; then
-  for m in dsr nat ipip gue; do
-    v=$(rx_of "$m")
-    check "$(ge "$v" "$(awk -v t="$TP" 'BEGIN { print 0.6 * t }')")" \
-      "Sluice $m ≥ 60 % of testpmd io-fwd, one worker: $v / $TP Mpps = $(pct "$v" "$TP")"
-  done
-fi
-if has_part veth; then
-  NFT=$(rx_of nft) XDP=$(rx_of xdp-nat)
-  VETH_RATIO=$(awk -v a="$XDP" -v b="$NFT" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
-  check "$(awk -v a="$XDP" -v b="$NFT" 'BEGIN { print (a > b && b > 0) ? 1 : 0 }')" \
-    "Sluice > nftables on veth, one LB core each: $XDP / $NFT Mpps = ${VETH_RATIO}× (cycles per packet on the LB core, softirq included: nftables $(cpp_med nft), Sluice $(cpp_med xdp-nat))"
-fi
-if has_part scaling; then
-  F100=$(rx_of f100k) F10M=$(rx_of f10M)
-  check "$(ge "$F10M" "$(awk -v t="$F100" 'BEGIN { print 0.7 * t }')")" \
-    "10 M tracked flows within 30 % of 100 k: $F10M / $F100 Mpps = $(pct "$F10M" "$F100") (cycles per packet: $(cpp_med f100k) at 100 k, $(cpp_med f10M) at 10 M)"
-fi
+checks() { # of: rx_of (medians) or best_of (best rounds)
+  local of=$1 tp v nft xdp ratio f100 f10m
+  tp=$($of testpmd)
+  if has_part memif; then
+    for m in dsr nat ipip gue; do
+      v=$($of "$m")
+      check "$(ge "$v" "$(awk -v t="$tp" 'BEGIN { print 0.6 * t }')")" \
+        "Sluice $m ≥ 60 % of testpmd io-fwd, one worker: $v / $tp Mpps = $(pct "$v" "$tp")"
+    done
+  fi
+  if has_part veth; then
+    nft=$($of nft) xdp=$($of xdp-nat)
+    ratio=$(awk -v a="$xdp" -v b="$nft" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
+    check "$(awk -v a="$xdp" -v b="$nft" 'BEGIN { print (a > b && b > 0) ? 1 : 0 }')" \
+      "Sluice > nftables on veth, one LB core each: $xdp / $nft Mpps = ${ratio}× (cycles per packet on the LB core, softirq included, medians: nftables $(cpp_med nft), Sluice $(cpp_med xdp-nat))"
+  fi
+  if has_part scaling; then
+    f100=$($of f100k) f10m=$($of f10M)
+    check "$(ge "$f10m" "$(awk -v t="$f100" 'BEGIN { print 0.7 * t }')")" \
+      "10 M tracked flows within 30 % of 100 k: $f10m / $f100 Mpps = $(pct "$f10m" "$f100") (cycles per packet, medians: $(cpp_med f100k) at 100 k, $(cpp_med f10M) at 10 M)"
+  fi
+}
+checks rx_of
+MEDIAN_CHECKS=("${CHECKS[@]}")
+CHECKS=()
+checks best_of
+BEST_CHECKS=("${CHECKS[@]}")
 
 # The plot: one panel per curve; medians with min–max bars.
 DATA=$WORK/plot.tsv
@@ -697,7 +716,11 @@ fi
     row s1000x10 "1000 services × 10 backends (M = 1021)" dsr
   fi
   echo
-  echo "Acceptance (issue #8), from the medians:"
+  echo "Acceptance (issue #8), from each case's median round:"
   echo
-  printf '%s\n' "${CHECKS[@]}"
+  printf '%s\n' "${MEDIAN_CHECKS[@]}"
+  echo
+  echo "The same, from each case's best round (the undisturbed machine; see bench/RESULTS.md):"
+  echo
+  printf '%s\n' "${BEST_CHECKS[@]}"
 } | tee -a "$RESULTS"

@@ -271,6 +271,14 @@ fn main() -> Result<()> {
         ..EalConfig::default()
     })
     .context("EAL start")?;
+    // `Eal::init` gives the thread back its affinity (so that sluice-dataplane's threads
+    // are not all bound to the main lcore); pktgen does its work on this thread, so it binds
+    // it to `--lcore` itself. Unbound, it wandered onto the forwarder's core in some runs
+    // and halved both (bench/RESULTS.md, "Throughput").
+    let core = usize::try_from(opt.lcore).context("--lcore")?;
+    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+        bail!("could not bind pktgen to CPU {core} (--lcore)");
+    }
     let pool = Mempool::new(
         &eal,
         &MempoolConfig {
