@@ -299,17 +299,21 @@ impl Pipeline {
         services: &S,
         now: Tick,
     ) -> Verdict {
-        let st = self.stage(pkt.data(), false);
-        self.process_staged(port, pkt, &st, services, now)
+        let parsed = parse_frame(pkt.data());
+        let key = parsed.as_ref().ok().and_then(|pf| self.flow_key(pf));
+        let parsed = parsed.as_ref().map_err(|e| *e);
+        self.process_parsed(port, pkt, parsed, key.as_ref(), services, now)
     }
 
-    /// [`Pipeline::process_from`] for a frame [`Pipeline::stage`]d from its current bytes.
+    /// [`Pipeline::process_from`] for a frame already parsed from its current bytes, with
+    /// its hashed conntrack key ([`Pipeline::flow_key`]).
     #[inline(always)]
-    fn process_staged<B: PacketBuf, S: Services + ?Sized>(
+    fn process_parsed<B: PacketBuf, S: Services + ?Sized>(
         &mut self,
         port: u16,
         pkt: &mut B,
-        st: &Staged,
+        parsed: Result<&ParsedFrame, FrameError>,
+        key: Option<&HashedKey>,
         services: &S,
         now: Tick,
     ) -> Verdict {
@@ -317,15 +321,7 @@ impl Pipeline {
         self.counters.rx_packets += 1;
         self.counters.rx_bytes += u64::from(bytes);
         let v = match self.macs.get(usize::from(port)) {
-            Some(&mac) => self.classify_parsed(
-                mac,
-                pkt,
-                st.parsed.as_ref().map_err(|e| *e),
-                st.key.as_ref(),
-                services,
-                now,
-                bytes,
-            ),
+            Some(&mac) => self.classify_parsed(mac, pkt, parsed, key, services, now, bytes),
             None => Verdict::Drop(DropReason::UnknownPort),
         };
         self.counters.count(&v);
@@ -356,34 +352,35 @@ impl Pipeline {
         // after writing it had cost a store-forwarding stall per packet (bench/RESULTS.md).
         let mut ring = [Staged::EMPTY; STAGE_RING];
         for (slot, p) in ring.iter_mut().zip(pkts.iter()).take(PREFETCH_AHEAD) {
-            *slot = self.stage(p.data(), true);
+            *slot = self.stage(p.data());
         }
         for i in 0..n {
             if let (Some(p), Some(slot)) = (
                 pkts.get(i + PREFETCH_AHEAD),
                 ring.get_mut((i + PREFETCH_AHEAD) % STAGE_RING),
             ) {
-                *slot = self.stage(p.data(), true);
+                *slot = self.stage(p.data());
             }
             if let (Some(p), Some(v), Some(st)) = (
                 pkts.get_mut(i),
                 verdicts.get_mut(i),
                 ring.get(i % STAGE_RING),
             ) {
-                *v = self.process_staged(port, p, st, services, now);
+                let parsed = st.parsed.as_ref().map_err(|e| *e);
+                *v = self.process_parsed(port, p, parsed, st.key.as_ref(), services, now);
             }
         }
         self.ct.evict_expired(now, AGE_BUDGET_PER_BURST);
         n
     }
 
-    /// Parses `frame` and hashes its conntrack key ([`Pipeline::flow_key`]); with
-    /// `prefetch`, also prefetches the key's conntrack slot.
+    /// Parses `frame`, hashes its conntrack key ([`Pipeline::flow_key`]) and prefetches
+    /// the key's conntrack slot.
     #[inline(always)]
-    fn stage(&self, frame: &[u8], prefetch: bool) -> Staged {
+    fn stage(&self, frame: &[u8]) -> Staged {
         let parsed = parse_frame(frame);
         let key = parsed.as_ref().ok().and_then(|pf| self.flow_key(pf));
-        if prefetch && let Some(k) = &key {
+        if let Some(k) = &key {
             self.ct.prefetch(k);
         }
         Staged { parsed, key }
@@ -400,7 +397,10 @@ impl Pipeline {
     /// [`Pipeline::classify`] of a frame already parsed (`parsed` is `parse_frame` of its
     /// bytes as they are now). `key` is [`Pipeline::flow_key`] of the parse: the conntrack
     /// key of a TCP/UDP packet (5-tuple, 3-tuple for a first fragment), hashed.
-    #[inline]
+    // Always inlined, into `process_burst` and `process_from` both: with two callers the
+    // compiler kept it out of line, and the call (seven arguments, spills) cost the burst
+    // path 3-4 ns a packet (bench/RESULTS.md, "Fourth pass").
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn classify_parsed<B: PacketBuf, S: Services + ?Sized>(
         &mut self,
