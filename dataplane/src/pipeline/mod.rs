@@ -491,7 +491,9 @@ impl Pipeline {
     // --- service traffic ---
 
     /// A TCP/UDP packet (whole or first fragment) that matched `svc`.
-    #[inline]
+    // Always inlined, like `classify_parsed` (below `process_burst`, the one hot caller):
+    // out of line it cost DSR 2 ns and GUE 3 ns a packet.
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn service_packet<B: PacketBuf>(
         &mut self,
@@ -658,7 +660,8 @@ impl Pipeline {
     }
 
     /// A client → VIP packet of a NAT service.
-    #[inline]
+    // Always inlined, with `rewrite::nat`: out of line they cost NAT 2-3 ns a packet.
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn nat_forward<B: PacketBuf>(
         &mut self,

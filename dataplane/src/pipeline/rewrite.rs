@@ -128,6 +128,7 @@ pub(super) struct Translation {
 /// (absent) UDP checksum over IPv4 stays zero; a zero UDP checksum over IPv6 (invalid) is
 /// computed in full. The caller has checked the TTL (> 1) and that `t` has the packet's
 /// family.
+#[inline(always)]
 pub(super) fn nat(frame: &mut [u8], pf: &ParsedFrame, t: &Translation) -> Option<()> {
     let (l3, l4) = (pf.l3_offset, pf.l4_offset);
     let mut addrs = Delta::default();
