@@ -138,10 +138,12 @@ use rewrite::{Encap, IcmpTranslation, Translation};
 pub const NAT_PORT_TRIES: usize = 16;
 
 /// Conntrack slots [`Pipeline::process_burst`] ages per burst. A pass over a table of
-/// capacity `n` (about 2.9 `n` slots) then takes `n / 5.6` bursts: 0.4 s for 1M entries at
-/// 10 Mpps. At 64 the sweep, which reads every slot's deadline, cost ~13 ns a packet at
-/// 100k flows (bench/RESULTS.md, "Pipeline"); an idle worker ages more.
-pub const AGE_BUDGET_PER_BURST: usize = 16;
+/// capacity `n` (about 2.9 `n` slots) then takes `n / 2.8` bursts: 1.2 s for 1M entries at
+/// 10 Mpps, 12 s for 10M, against timeouts of 10 s (closing) to 900 s (established); an
+/// idle worker ages more, and an insert into a full table sweeps first. The sweep reads
+/// every slot's deadline: at 100k flows 64 slots cost ~13 ns a packet, 16 slots 3-4 ns and 8
+/// slots 1.5-2 ns (bench/RESULTS.md, "Pipeline").
+pub const AGE_BUDGET_PER_BURST: usize = 8;
 
 /// How many packets ahead of the one it processes [`Pipeline::process_burst`] prefetches
 /// conntrack slots: far enough that a slot arrives from memory in time, near enough that
