@@ -159,7 +159,7 @@ const STAGE_RING: usize = 2 * PREFETCH_AHEAD;
 const _: () = assert!(STAGE_RING > PREFETCH_AHEAD && STAGE_RING.is_power_of_two());
 
 /// A frame parsed ahead of its turn: its parse and its hashed conntrack key.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 struct Staged {
     parsed: Result<ParsedFrame, FrameError>,
     key: Option<HashedKey>,
@@ -191,6 +191,10 @@ pub struct Pipeline {
     counters: Counters,
     /// Outer IPv4 identification, per worker.
     ident: u16,
+    /// [`Pipeline::process_burst`]'s ring of staged packets, kept here so that a burst
+    /// neither initializes one (16 copies of 136 bytes, which the compiler made `memcpy`
+    /// calls) nor carries it in its stack frame. `None` only while a burst runs.
+    stage_ring: Option<Box<[Staged; STAGE_RING]>>,
 }
 
 // === impl Pipeline ===
@@ -236,6 +240,7 @@ impl Pipeline {
             ct,
             counters: Counters::default(),
             ident: 0,
+            stage_ring: Some(Box::new([Staged::EMPTY; STAGE_RING])),
             config,
         })
     }
@@ -352,7 +357,15 @@ impl Pipeline {
         // buffer), so its stage is its parse then. A slot is read PREFETCH_AHEAD packets
         // after it was written, long after its stores retired: reading a parse back straight
         // after writing it had cost a store-forwarding stall per packet (bench/RESULTS.md).
-        let mut ring = [Staged::EMPTY; STAGE_RING];
+        let Some(mut ring) = self.stage_ring.take() else {
+            // Only a panic inside a burst could leave the ring out, and nothing here panics;
+            // were it ever so, the packets still get their verdicts, one at a time.
+            for (p, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
+                *v = self.process_from(port, p, services, now);
+            }
+            self.ct.evict_expired(now, AGE_BUDGET_PER_BURST);
+            return n;
+        };
         for (slot, p) in ring.iter_mut().zip(pkts.iter()).take(PREFETCH_AHEAD) {
             *slot = self.stage(p.data());
         }
@@ -372,6 +385,7 @@ impl Pipeline {
                 *v = self.process_parsed(port, p, parsed, st.key.as_ref(), services, now);
             }
         }
+        self.stage_ring = Some(ring);
         self.ct.evict_expired(now, AGE_BUDGET_PER_BURST);
         n
     }
