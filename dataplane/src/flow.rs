@@ -593,9 +593,10 @@ impl std::fmt::Debug for KeyedHash {
     }
 }
 
-/// The 128-bit product of `a` and `b`, halves XORed.
-#[inline]
-fn folded_multiply(a: u64, b: u64) -> u64 {
+/// The 128-bit product of `a` and `b`, halves XORed: the mixing step of [`KeyedHash`] and of
+/// the service index's hash.
+#[inline(always)]
+pub(crate) fn folded_multiply(a: u64, b: u64) -> u64 {
     let p = u128::from(a) * u128::from(b);
     #[allow(
         clippy::cast_possible_truncation,

@@ -54,8 +54,8 @@
 //! ([`Affinity::ClientIp`](crate::tables::Affinity::ClientIp)) `table[client_hash(src, seed) % M]`
 //! ([`Service::pick_hash`]): every flow and fragment of a client, on every node, then picks
 //! one backend (ICMP errors use the quoted flow's client; encap entropy stays per flow:
-//! [`KeyedHash`] of the flow key under the seed). Conntrack is the same either way. An `EMPTY` entry means no backend. If the
-//! entry's backend is not active (the window before control republishes a table without
+//! [`KeyedHash`] of the flow key under the seed). Conntrack is the same either way. An
+//! `EMPTY` entry means no backend. If the entry's backend is not active (the window before control republishes a table without
 //! it), the next entries are probed, up to [`PROBE_LIMIT`] in all, for an active one: the
 //! probe order depends only on the hash, so every node picks the same. The flow is then
 //! inserted; a full table is counted (`conntrack_full_fallback`) and the packet forwarded
@@ -410,7 +410,7 @@ impl Pipeline {
         flow_key_of(pf).map(|k| self.ct.hash_key(k))
     }
 
-    /// [`Pipeline::classify`] of a frame already parsed (`parsed` is `parse_frame` of its
+    /// The classification of a frame already parsed (`parsed` is `parse_frame` of its
     /// bytes as they are now). `key` is [`Pipeline::flow_key`] of the parse: the conntrack
     /// key of a TCP/UDP packet (5-tuple, 3-tuple for a first fragment), hashed.
     // Always inlined, into `process_burst` and `process_from` both: with two callers the

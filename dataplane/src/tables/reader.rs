@@ -16,6 +16,7 @@ use super::layout::{
     ServiceCounters, ServiceEntry, ServiceId, ServiceKey, WorkerBlock, pack_owner, unpack_owner,
     unpack_published,
 };
+use crate::flow::folded_multiply;
 use crate::io::shm::{Backing, Mapping, Shared, ShmError};
 use sluice_hugepages::Region;
 
@@ -63,20 +64,6 @@ impl Packed {
         let h = folded_multiply(self.lo ^ K[0], self.hi ^ K[1]);
         folded_multiply(h ^ u64::from(self.meta) ^ K[2], K[0])
     }
-}
-
-/// The low half of the 128-bit product of `a` and `b`, xored with the high half.
-#[inline(always)]
-fn folded_multiply(a: u64, b: u64) -> u64 {
-    let p = u128::from(a) * u128::from(b);
-    #[allow(
-        clippy::cast_possible_truncation,
-        reason = "folding the 128-bit product: the low half is wanted"
-    )]
-    let low = p as u64;
-    #[allow(clippy::cast_possible_truncation, reason = "p >> 64 fits in 64 bits")]
-    let high = (p >> 64) as u64;
-    low ^ high
 }
 
 /// The per-worker service index, `(VIP, port, protocol)` → position, used by [`Worker`] and
