@@ -36,7 +36,7 @@
 //! Counting mode, for tools that count rather than time (this machine's VM exposes no
 //! hardware counters; `valgrind --tool=cachegrind` counts instructions and simulates the
 //! caches): `SLUICE_PIPELINE_COUNT=MODE/CASE/SIZE:N` runs `N` iterations of one hit case
-//! (`dsr|nat|gue`, `hit|burst32`, `n1k|n100k`) after the usual setup and exits. Two runs
+//! (`dsr|nat|gue`, `hit|burst32`, `n1k|n100k|n1m|n10m`) after the usual setup and exits. Two runs
 //! with different `N` give the per-packet cost as the difference over the extra packets.
 //! Three more `CASE`s time one stage alone, for the per-stage breakdown: `parse`
 //! (`parse_frame`), `service` (`Services::service_of` on parsed frames) and `conntrack`
@@ -189,7 +189,12 @@ fn pipeline(capacity: usize) -> Pipeline {
 fn warmed(s: &StaticServices, established: &Frames) -> Pipeline {
     // Room for every flow twice over (a NAT flow takes two entries), plus the new flows of
     // the miss cases.
-    let mut p = pipeline((4 * established.n).max(4096));
+    warmed_with(s, established, (4 * established.n).max(4096))
+}
+
+/// [`warmed`] with a conntrack of `capacity` entries.
+fn warmed_with(s: &StaticServices, established: &Frames, capacity: usize) -> Pipeline {
+    let mut p = pipeline(capacity);
     let mut buf = VecBuf::new(established.get(0));
     for f in established.iter() {
         buf.reset(f);
@@ -320,23 +325,26 @@ fn count_mode(spec: &str) {
         "gue" => Mode::EncapGue,
         m => panic!("mode {m}"),
     };
+    let n_flows = match size {
+        "n1k" => 1000,
+        "n100k" => FLOWS,
+        "n1m" => 1_000_000,
+        "n10m" => 10_000_000,
+        z => panic!("size {z}"),
+    };
+    // Conntrack capacity per flow (default 4, as in the criterion cases); 10 M flows at 4×
+    // would want 7 GB of hugepages.
+    let per_flow: f64 = std::env::var("SLUICE_PIPELINE_CT_PER_FLOW")
+        .map_or(4.0, |v| v.parse().expect("SLUICE_PIPELINE_CT_PER_FLOW"));
     let mut rng = 0x7069_7065_6c69_6e65_u64;
-    let established = flows(FLOWS, &mut rng, false, 0x0a00_0000);
-    let few = flows(1000, &mut rng, false, 0x0b00_0000);
-    let set = if size == "n1k" { &few } else { &established };
+    let set = &flows(n_flows, &mut rng, false, 0x0a00_0000);
     let s = services(mode);
-    let mut p = warmed(&s, set);
+    let capacity = ((n_flows as f64 * per_flow) as usize).max(4096);
+    let mut p = warmed_with(&s, set, capacity);
     let mut i = 0usize;
     let mut buf = VecBuf::new(set.get(0));
     let mut bufs: Vec<VecBuf> = (0..BURST).map(|_| VecBuf::new(set.get(0))).collect();
     let mut verdicts = [Verdict::Exception; BURST];
-    let parsed: Vec<ParsedFrame> = set.iter().map(|f| parse_frame(f).unwrap()).collect();
-    let keys: Vec<FlowKey> = parsed
-        .iter()
-        .map(|pf| FlowKey::new(pf.src, pf.dst, pf.src_port, pf.dst_port, pf.proto))
-        .collect();
-    let mut ct =
-        ConnTrack::new((4 * set.n).max(4096), &Timeouts::default(), TickRate::NANOS).unwrap();
     #[derive(Clone, Copy, PartialEq)]
     enum Kind {
         Burst,
@@ -353,6 +361,23 @@ fn count_mode(spec: &str) {
         "conntrack" => Kind::Conntrack,
         k => panic!("case {k}"),
     };
+    // The per-stage cases' inputs (built only for them: 10 M parsed frames are 1.3 GB).
+    let stage = matches!(kind, Kind::Service | Kind::Conntrack);
+    let parsed: Vec<ParsedFrame> = if stage {
+        set.iter().map(|f| parse_frame(f).unwrap()).collect()
+    } else {
+        Vec::new()
+    };
+    let keys: Vec<FlowKey> = parsed
+        .iter()
+        .map(|pf| FlowKey::new(pf.src, pf.dst, pf.src_port, pf.dst_port, pf.proto))
+        .collect();
+    let mut ct = ConnTrack::new(
+        if kind == Kind::Conntrack { capacity } else { 4096 },
+        &Timeouts::default(),
+        TickRate::NANOS,
+    )
+    .unwrap();
     if kind == Kind::Conntrack {
         for k in &keys {
             ct.insert(*k, Entry::new(1, 1), TcpFlags(TcpFlags::ACK), T0)
@@ -360,6 +385,11 @@ fn count_mode(spec: &str) {
         }
     }
     let per = if kind == Kind::Burst { BURST } else { 1 };
+    // Nanoseconds the clock moves per burst (default 0: every packet at T0), to run the
+    // aging pass and the timestamp updates a worker's real clock brings.
+    let step: u64 = std::env::var("SLUICE_PIPELINE_NS_PER_BURST")
+        .map_or(0, |v| v.parse().expect("SLUICE_PIPELINE_NS_PER_BURST"));
+    let mut now = T0;
     let mut times = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let start = Instant::now();
@@ -370,7 +400,8 @@ fn count_mode(spec: &str) {
                         buf.reset(set.get(i));
                         i = (i + 1) % set.n;
                     }
-                    black_box(p.process_burst(0, &mut bufs, &mut verdicts, &s, T0));
+                    now = Tick(now.0 + step);
+                    black_box(p.process_burst(0, &mut bufs, &mut verdicts, &s, now));
                 }
                 Kind::Hit => {
                     buf.reset(set.get(i));
