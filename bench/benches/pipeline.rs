@@ -44,7 +44,10 @@
 //! capacity holding the flows). `...:N:R` times `R` rounds of `N` iterations and prints the
 //! minimum, 10th percentile and median ns per packet: on a shared machine, rounds shorter than a scheduler slice (a few
 //! hundred µs) often run undisturbed, so the low percentiles are steadier than criterion's
-//! mean over long samples.
+//! mean over long samples. Two knobs for the large sizes: `SLUICE_PIPELINE_CT_PERCENT`
+//! sizes the conntrack in percent of the flows (default 400; 10 M flows want a hugetlb pool
+//! of about 1 GB per 100 %), and `SLUICE_PIPELINE_NS_PER_BURST` moves the clock that many
+//! nanoseconds per burst (default 0), so that aging and timestamp updates run as in a worker.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -332,14 +335,14 @@ fn count_mode(spec: &str) {
         "n10m" => 10_000_000,
         z => panic!("size {z}"),
     };
-    // Conntrack capacity per flow (default 4, as in the criterion cases); 10 M flows at 4×
-    // would want 7 GB of hugepages.
-    let per_flow: f64 = std::env::var("SLUICE_PIPELINE_CT_PER_FLOW")
-        .map_or(4.0, |v| v.parse().expect("SLUICE_PIPELINE_CT_PER_FLOW"));
+    // Conntrack capacity in percent of the flows (default 400, as in the criterion cases);
+    // 10 M flows at 400 % would want 7 GB of hugepages.
+    let percent: usize = std::env::var("SLUICE_PIPELINE_CT_PERCENT")
+        .map_or(400, |v| v.parse().expect("SLUICE_PIPELINE_CT_PERCENT"));
     let mut rng = 0x7069_7065_6c69_6e65_u64;
     let set = &flows(n_flows, &mut rng, false, 0x0a00_0000);
     let s = services(mode);
-    let capacity = ((n_flows as f64 * per_flow) as usize).max(4096);
+    let capacity = (n_flows * percent / 100).max(4096);
     let mut p = warmed_with(&s, set, capacity);
     let mut i = 0usize;
     let mut buf = VecBuf::new(set.get(0));
@@ -373,7 +376,11 @@ fn count_mode(spec: &str) {
         .map(|pf| FlowKey::new(pf.src, pf.dst, pf.src_port, pf.dst_port, pf.proto))
         .collect();
     let mut ct = ConnTrack::new(
-        if kind == Kind::Conntrack { capacity } else { 4096 },
+        if kind == Kind::Conntrack {
+            capacity
+        } else {
+            4096
+        },
         &Timeouts::default(),
         TickRate::NANOS,
     )
