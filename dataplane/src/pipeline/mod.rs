@@ -138,8 +138,8 @@ use rewrite::{Encap, IcmpTranslation, Translation};
 pub const NAT_PORT_TRIES: usize = 16;
 
 /// Conntrack slots [`Pipeline::process_burst`] ages per burst. A pass over a table of
-/// capacity `n` (about 2.9 `n` slots) then takes `n / 2.8` bursts: 1.2 s for 1M entries at
-/// 10 Mpps, 12 s for 10M, against timeouts of 10 s (closing) to 900 s (established); an
+/// capacity `n` (about 1.64 `n` slots) then takes `n / 4.9` bursts: 0.66 s for 1M entries
+/// at 10 Mpps, 6.6 s for 10M, against timeouts of 10 s (closing) to 900 s (established); an
 /// idle worker ages more, and an insert into a full table sweeps first. The sweep reads
 /// every slot's deadline: at 100k flows 64 slots cost ~13 ns a packet, 16 slots 3-4 ns and 8
 /// slots 1.5-2 ns (bench/RESULTS.md, "Pipeline").
