@@ -258,6 +258,8 @@ fn default_port_hi() -> u16 {
 #[serde(deny_unknown_fields)]
 pub struct ConntrackSection {
     /// Entries per worker. Default 1 000 000. A full table falls back to stateless Maglev.
+    /// Each entry costs about 147 bytes (slots at a load of 0.61 plus the NAT pair slab:
+    /// 147 MB per million), taken from 2 MiB hugepages when the pool has them free.
     #[serde(default = "default_ct_capacity")]
     pub capacity_per_worker: usize,
     /// TCP established idle timeout, seconds. Default 900.
