@@ -36,8 +36,8 @@
 //! Counting mode, for tools that count rather than time (this machine's VM exposes no
 //! hardware counters; `valgrind --tool=cachegrind` counts instructions and simulates the
 //! caches): `SLUICE_PIPELINE_COUNT=MODE/CASE/SIZE:N` runs `N` iterations of one hit case
-//! (`dsr|nat|gue`, `hit|burst32`, `n1k|n100k|n1m|n10m`) after the usual setup and exits. Two runs
-//! with different `N` give the per-packet cost as the difference over the extra packets.
+//! (`dsr|nat|gue`, `hit|burst32`, `n1k|n100k|n1m|n10m`) after the usual setup and exits.
+//! Two runs with different `N` give the per-packet cost as the difference over the extra packets.
 //! Three more `CASE`s time one stage alone, for the per-stage breakdown: `parse`
 //! (`parse_frame`), `service` (`Services::service_of` on parsed frames) and `conntrack`
 //! (`ConnTrack::lookup_tcp` of each flow's key, one at a time, in a table of the same

@@ -65,8 +65,8 @@
 //! 40 + 24 = 64 bytes, aligned to 64: exactly one cache line), so a lookup reads one line
 //! and no separate control bytes: the slot's address follows from the hash alone, which
 //! lets a burst prefetch it, and the slot after it, before the lookup
-//! ([`ConnTrack::prefetch`]). A key sits at its
-//! home slot (hash bits 0..13 within its shard) or after it, with no empty slot in between;
+//! ([`ConnTrack::prefetch`]). A key sits at its home slot (hash bits 0..13 within its
+//! shard) or after it, with no empty slot in between;
 //! removal shifts the following entries back instead of leaving a tombstone (backward-shift
 //! deletion), so no probe ever crosses a dead slot and nothing ever needs a rehash. That
 //! removes the rehash stall a hashbrown table had (tombstones used up its free slots every

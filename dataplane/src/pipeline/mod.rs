@@ -55,8 +55,8 @@
 //! ([`Service::pick_hash`]): every flow and fragment of a client, on every node, then picks
 //! one backend (ICMP errors use the quoted flow's client; encap entropy stays per flow:
 //! [`KeyedHash`] of the flow key under the seed). Conntrack is the same either way. An
-//! `EMPTY` entry means no backend. If the entry's backend is not active (the window before control republishes a table without
-//! it), the next entries are probed, up to [`PROBE_LIMIT`] in all, for an active one: the
+//! `EMPTY` entry means no backend. If the entry's backend is not active (the window before
+//! control republishes a table without it), the next entries are probed, up to [`PROBE_LIMIT`] in all, for an active one: the
 //! probe order depends only on the hash, so every node picks the same. The flow is then
 //! inserted; a full table is counted (`conntrack_full_fallback`) and the packet forwarded
 //! statelessly: never dropped. **Except NAT**, which cannot work without state (the reverse
