@@ -143,7 +143,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # pktgen and a dataplane at once: 512 + 512 MB, plus the table region; the scaling part's
-# 10 M-flow conntrack (1.3 GB of slots) wants hugetlb pages of its own, as an LB node sized
+# 10 M-flow conntrack (0.66 GB of slots) wants hugetlb pages of its own, as an LB node sized
 # for that many flows would have. The pool goes back to its size at exit (cleanup).
 HUGEPAGES_BEFORE=$(cat /proc/sys/vm/nr_hugepages)
 if [[ " $PARTS " == *" scaling "* ]]; then ci/hugepages.sh 1792; else ci/hugepages.sh 768; fi

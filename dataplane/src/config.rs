@@ -258,8 +258,9 @@ fn default_port_hi() -> u16 {
 #[serde(deny_unknown_fields)]
 pub struct ConntrackSection {
     /// Entries per worker. Default 1 000 000. A full table falls back to stateless Maglev.
-    /// Each entry costs about 147 bytes (slots at a load of 0.61 plus the NAT pair slab:
-    /// 147 MB per million), taken from 2 MiB hugepages when the pool has them free.
+    /// Each entry costs about 138 bytes, 138 MB per million: 32-byte slots at a load of
+    /// 0.61 (52 MB per million, taken from 2 MiB hugepages when the pool has them free),
+    /// the NAT pair slab (42 MB) and the slab of IPv6 keys (44 MB).
     #[serde(default = "default_ct_capacity")]
     pub capacity_per_worker: usize,
     /// TCP established idle timeout, seconds. Default 900.

@@ -10,7 +10,7 @@
 //!   process; the cross-node hash is [`crate::flow::flow_hash`].
 //! - **Bounded, and allocation-free after [`ConnTrack::new`].** The capacity `n` is fixed at
 //!   construction and everything is allocated (and its pages faulted in) then: the slots,
-//!   the pair slab and its free list. [`ConnTrack::insert`] never grows anything, and no
+//!   the key slabs and their free lists. [`ConnTrack::insert`] never grows anything, and no
 //!   operation ever rehashes. When `len == n` an insert first ages out a few expired entries
 //!   ([`INSERT_SWEEP_BUDGET`] slots) and, if the table is still full,
 //!   refuses with [`InsertError::Full`]. The caller then forwards the packet statelessly
@@ -22,9 +22,11 @@
 //!   TSC cycles or plain numbers in tests, converted from [`Duration`]s once, at construction,
 //!   through a [`TickRate`]. Nothing here reads a clock.
 //! - **No expired entry is ever returned.** An entry is live while `now < expires`. Each hit
-//!   pushes `expires` to `now` + the timeout of its protocol and TCP state ([`Timeouts`]).
-//!   A lookup that finds an expired entry removes it and reports a miss. Aging
-//!   ([`ConnTrack::evict_expired`]) removes the rest incrementally.
+//!   pushes `expires` to `now` + the timeout of its protocol and TCP state ([`Timeouts`]),
+//!   to the precision of *Deadlines* below (exact for tick counts under 2²⁴ × the
+//!   longest timeout's unit, as in tests). A lookup that finds an expired entry removes it
+//!   and reports a miss. Aging ([`ConnTrack::evict_expired`]) removes the rest
+//!   incrementally. Lookups and [`ConnTrack::peek`] return copies of entries.
 //! - **TCP FIN/RST shorten a flow's life.** [`ConnTrack::lookup_tcp`] and the flags given to
 //!   `insert` drive [`TcpState`]. A flow whose first packet is a SYN has the short
 //!   `tcp_syn` timeout until a plain ACK arrives. A flow first seen mid-stream counts as
@@ -51,7 +53,7 @@
 //! [`ConnTrack::evict_expired`] walks the slots with a resumable cursor, each shard from its
 //! last slot down. Each call visits at most `budget` slots, so it is O(`budget`): an empty
 //! or live slot costs a read of its deadline, an expired entry a removal. A full pass takes
-//! `ceil(buckets / budget)` calls; `buckets` ([`ConnTrack::buckets`]) is about 2.9 × `n`
+//! `ceil(buckets / budget)` calls; `buckets` ([`ConnTrack::buckets`]) is about 1.6 × `n`
 //! for large tables (see *Layout*). So an entry outlives its deadline by at most one pass,
 //! unless a lookup finds it first. A removal only moves entries from later slots into
 //! earlier ones (below), which the downward sweep has already visited, so a pass skips
@@ -61,43 +63,68 @@
 //! # Layout
 //!
 //! Each shard is an open-addressing table with linear probing over a power-of-two number of
-//! slots. A slot holds the key and its [`Entry`] side by side (`Option<(FlowKey, Entry)>`,
-//! 40 + 24 = 64 bytes, aligned to 64: exactly one cache line), so a lookup reads one line
-//! and no separate control bytes: the slot's address follows from the hash alone, which
-//! lets a burst prefetch it, and the slot after it, before the lookup
-//! ([`ConnTrack::prefetch`]). A key sits at its home slot (hash bits 0..13 within its
-//! shard) or after it, with no empty slot in between;
-//! removal shifts the following entries back instead of leaving a tombstone (backward-shift
-//! deletion), so no probe ever crosses a dead slot and nothing ever needs a rehash. That
-//! removes the rehash stall a hashbrown table had (tombstones used up its free slots every
-//! ~20 M inserts, then a whole-table rehash: 36 ms at 917 503 entries).
+//! 32-byte slots, two to a cache line. A slot holds an IPv4 flow whole: its key
+//! (addresses, ports, protocol: 13 bytes) and its [`Entry`] packed beside it (backend,
+//! service, NAT port, peer, TCP state and a 32-bit deadline, below). A key's home slot is
+//! the first of a line (hash bits 1..13 within its shard, times two), so the home line
+//! holds the two slots where 83.5 % of keys sit at full load. A lookup reads that line and
+//! no separate control bytes: its address follows from the hash alone, which lets a burst
+//! prefetch it before the lookup (`ConnTrack::prefetch`, one line per packet). An IPv6 key (37 bytes) does not fit: its slot holds a 32-bit fingerprint of the key's
+//! hash beside the ports and protocol, and the index of the whole key in a slab, which a
+//! probe reads only when fingerprint, ports and protocol match. So an IPv6 hit reads one
+//! more line than an IPv4 one. The lone-IPv6 slab holds `capacity` keys; a NAT pair
+//! member's key is in the pair slab already ("NAT pairs").
+//!
+//! A key sits at its home slot or after it, with no empty slot in between; removal shifts the following entries back instead of leaving a
+//! tombstone (backward-shift deletion), so no probe ever crosses a dead slot and nothing
+//! ever needs a rehash. That removes the rehash stall a hashbrown table had (tombstones used
+//! up its free slots every ~20 M inserts, then a whole-table rehash: 36 ms at 917 503
+//! entries).
 //!
 //! A capacity up to [`SHARD_MEAN_MAX`] (5000) is one table with more than `2·(n + 1)`
 //! slots. A larger one gets `⌈n / 5000⌉` shards of [`SHARD_BUCKETS`] (8192) slots, picked
 //! from hash bits 16..48, each allowed [`SHARD_LIMIT`] (5734) entries, a load of 0.7. A
-//! shard's expected load is at most 5000 (0.61: a key sits 0.78 slots past its home on
-//! average, and the two prefetched lines hold 85 % of keys), 10 standard deviations
+//! shard's expected load is at most 5000 (0.61: a key sits 0.97 slots past its home on
+//! average), 10 standard deviations
 //! below its limit; the rare insert into a shard at its limit is refused as
 //! [`InsertError::Full`], like any insert into a full table.
 //!
-//! The load is this high because the table's size, more than its probe lengths, sets the
-//! cost of a lookup in a large table: a lookup is a TLB miss once the table outgrows what
-//! the TLB maps (about 1 GB of 2 MiB pages on the test VM), and a page walk then costs more
-//! than the extra slots of a probe. At a load of 0.35 (the previous limits) 10 M entries
-//! took 1.8 GB of slots; now 1 GB. The NAT pair slab and its free list add 42 bytes per
-//! entry (a 40-byte key slot per entry, and 4 bytes of free list per pair of entries).
-//! [`ConnTrack::allocated_bytes`] reports the total.
+//! The load is this high, and the slots this small, because the table's size, more than
+//! its probe lengths, sets the cost of a lookup in a large table: past about 1 GB of 2 MiB
+//! pages on the test VM a lookup pays a page walk that costs more than the extra slots of a
+//! probe. 10 M entries took 1.8 GB of slots at a load of 0.35 and 64-byte slots, 1 GB at
+//! 0.61; now 0.5 GB. The NAT pair slab and its free list add 42 bytes per entry (a 40-byte
+//! key slot per entry, and 4 bytes of free list per pair of entries), the lone-IPv6 slab
+//! and its free list 44. [`ConnTrack::allocated_bytes`] reports the total.
 //!
 //! The shards of a large table are one allocation on 2 MiB pages (hugetlbfs when the pool
 //! has free pages, else transparent hugepages, else the heap: [`ConnTrack::page_backing`];
 //! see [`crate::io::mem`]). With 4 KiB pages nearly every lookup into a table of tens of MB
 //! also missed the TLB. Examples:
 //!
-//! | capacity | shards | slots | allocated |
-//! |---|---|---|---|
-//! | 100 000 | 20 | 163 840 | 15 MB |
-//! | 1 000 000 | 200 | 1 638 400 | 147 MB |
-//! | 10 000 000 | 2 000 | 16 384 000 | 1.47 GB |
+//! | capacity | shards | slots | of which slots | allocated |
+//! |---|---|---|---|---|
+//! | 100 000 | 20 | 163 840 | 5.2 MB | 14 MB |
+//! | 1 000 000 | 200 | 1 638 400 | 52 MB | 138 MB |
+//! | 10 000 000 | 2 000 | 16 384 000 | 524 MB | 1.38 GB |
+//!
+//! # Deadlines
+//!
+//! A slot keeps its deadline in 32 bits: a count of units of `2^shift` ticks, `shift`
+//! the least that puts the longest timeout under 2²⁴ units (one unit is 64 µs for the
+//! default 900 s on a 2.45 GHz TSC; with test tick counts it is one tick, and deadlines are
+//! exact). The count wraps around and is compared with `now` by serial-number arithmetic
+//! (RFC 1982), which is sound while every stored deadline is within 2³¹ units of `now`. A
+//! deadline is `now` rounded down plus the timeout rounded up, plus one unit when
+//! `shift > 0`: an entry never expires early and at most two units late.
+//!
+//! Stored deadlines lie between the start of the last complete aging pass (everything
+//! older was removed then) and the latest `now` plus the longest timeout. So the window
+//! holds while each pass completes within 2²⁹ units (32 × the longest timeout; a worker
+//! ages on every burst and idle loop and takes seconds). Every call checks it: if a pass
+//! is overdue, the call first ages the whole table; if `now` jumped that far from the
+//! latest one (a stopped worker, a test), every deadline has passed, or cannot be read
+//! after a jump back, and every entry goes, counted as evicted.
 
 use std::fmt;
 use std::num::NonZeroU64;
@@ -302,6 +329,29 @@ impl TimeoutTicks {
         })
     }
 
+    /// The same timeouts in units of `2^shift` ticks ([`Clock`]): each rounded up, plus
+    /// one unit when `shift > 0`, because a deadline is counted from `now` rounded down.
+    /// So an entry never expires early, and at most two units late; with `shift == 0`
+    /// (tests), exactly on time.
+    fn in_units(&self, shift: u32) -> Self {
+        let extra = u64::from(shift > 0);
+        let f = |t: u64| (t >> shift) + u64::from(t & ((1 << shift) - 1) != 0) + extra;
+        Self {
+            tcp_established: f(self.tcp_established),
+            tcp_syn: f(self.tcp_syn),
+            tcp_closing: f(self.tcp_closing),
+            udp: f(self.udp),
+            other: f(self.other),
+        }
+    }
+
+    /// The longest of them.
+    fn longest(&self) -> u64 {
+        [self.tcp_syn, self.tcp_closing, self.udp, self.other]
+            .into_iter()
+            .fold(self.tcp_established, u64::max)
+    }
+
     #[inline]
     fn for_state(&self, proto: IpProtocol, tcp: TcpState) -> u64 {
         match proto {
@@ -466,8 +516,8 @@ impl fmt::Debug for TcpState {
 
 // === Entry ===
 
-/// One tracked flow: where it goes and how long it lives. 24 bytes, `Copy`, so that a
-/// table slot (key and entry) is one 64-byte cache line.
+/// One tracked flow: where it goes and how long it lives. 24 bytes, `Copy`; a table slot
+/// holds it packed, beside its key (module docs, "Layout").
 ///
 /// Built with [`Entry::new`] (plus [`Entry::with_nat_port`] for NAT) and handed to
 /// [`ConnTrack::insert`], which fills in the deadline and the TCP state. The backend and
@@ -526,12 +576,6 @@ impl Entry {
         self.backend_id
     }
 
-    /// Moves the flow to another backend (for example when its backend was removed).
-    #[inline]
-    pub fn set_backend_id(&mut self, backend_id: u32) {
-        self.backend_id = backend_id;
-    }
-
     /// The service's stable id.
     #[inline]
     #[must_use]
@@ -573,11 +617,6 @@ impl Entry {
     pub const fn has_peer(&self) -> bool {
         self.peer != NO_SLOT
     }
-
-    #[inline]
-    const fn is_live(&self, now: Tick) -> bool {
-        now.0 < self.expires.0
-    }
 }
 
 // === Stats ===
@@ -604,29 +643,400 @@ pub struct Stats {
     pub removed: u64,
 }
 
-// === Table ===
+// === Clock ===
 
-/// A table slot: a flow and its entry, or nothing. 64 bytes (the key's family byte gives
-/// `None` its niche), aligned to 64 so that each slot is exactly one cache line. The
-/// alignment also reaches the heap: [`mem::PagedChunks`] allocates with `T`'s alignment
-/// (mapped memory is page-aligned anyway).
-#[derive(Clone, Copy)]
-#[repr(align(64))]
-struct Slot(Option<(FlowKey, Entry)>);
+/// The longest timeout is under this many [`Clock`] units: deadlines keep 1 part in 2²⁴
+/// of it.
+const TIMEOUT_UNITS_MAX: u64 = 1 << 24;
+/// A `now` this many units (at least 32 × the longest timeout) after the start of the last
+/// complete aging pass, or before it, makes [`ConnTrack::advance`] age the whole table at
+/// once, or drop every entry after a clock jump (module docs, "Deadlines").
+const SWEEP_STALE: u64 = 1 << 29;
 
-impl Slot {
-    const EMPTY: Self = Self(None);
+/// How slots hold deadlines: in 32 bits, as a count of units of `2^shift` ticks that wraps
+/// around, compared with serial-number arithmetic (RFC 1982) against `now`. Sound while
+/// every stored deadline is within 2³¹ units of `now`, which [`ConnTrack::advance`] keeps
+/// true: the stored deadlines lie within [`SWEEP_STALE`] + the longest timeout of `swept`,
+/// and each call's `now` within [`SWEEP_STALE`] of it (module docs, "Deadlines").
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Clock {
+    /// Ticks per unit as a shift: the least that puts the longest timeout under
+    /// [`TIMEOUT_UNITS_MAX`] units (0 for the small tick counts of tests: exact deadlines).
+    shift: u32,
+    /// `now` (units) when the aging pass under way began.
+    pass_start: u64,
+    /// `now` (units) when the last complete aging pass began: an entry still stored was
+    /// live at some `now` after it. [`ConnTrack::peek`] and [`ConnTrack::iter`] read
+    /// deadlines against it.
+    swept: u64,
 }
 
-const _: () = assert!(size_of::<Slot>() == 64);
-const _: () = assert!(align_of::<Slot>() == 64);
+impl Clock {
+    fn new(longest_timeout: u64) -> Self {
+        let mut shift = 0;
+        while longest_timeout >> shift >= TIMEOUT_UNITS_MAX {
+            shift += 1;
+        }
+        Self {
+            shift,
+            pass_start: 0,
+            swept: 0,
+        }
+    }
+
+    /// `t` in units (rounded down).
+    #[inline(always)]
+    fn units(&self, t: Tick) -> u64 {
+        t.0 >> self.shift
+    }
+
+    /// Whether a stored deadline is still ahead of `now` (units).
+    #[inline(always)]
+    fn live(deadline: u32, now: u64) -> bool {
+        serial_delta(deadline, now) > 0
+    }
+
+    /// A stored deadline back in ticks: the one within 2³¹ units of `now` (units). Plain
+    /// wrapping arithmetic, no clamping: a few instructions, as every lookup returns one.
+    #[inline(always)]
+    fn expand(&self, deadline: u32, now: u64) -> Tick {
+        let u = now.wrapping_add_signed(i64::from(serial_delta(deadline, now)));
+        Tick(u.wrapping_shl(self.shift))
+    }
+}
+
+/// The low 32 bits of `x`.
+#[inline(always)]
+const fn low32(x: u64) -> u32 {
+    #[allow(clippy::cast_possible_truncation, reason = "the low bits, on purpose")]
+    let l = x as u32;
+    l
+}
+
+/// `deadline - now` as a signed 32-bit serial-number difference.
+#[inline(always)]
+const fn serial_delta(deadline: u32, now: u64) -> i32 {
+    #[allow(clippy::cast_possible_wrap, reason = "serial arithmetic, on purpose")]
+    let d = deadline.wrapping_sub(low32(now)) as i32;
+    d
+}
+
+// === Slot ===
+
+/// [`Slot::kind`]: an IPv4 flow, its key held in the slot itself.
+const KIND_V4: u8 = 0x80;
+/// [`Slot::kind`]: an IPv6 flow, its key held in a slab of [`Keys`].
+const KIND_V6: u8 = 0x40;
+/// The family bits of [`Slot::kind`]; neither set is an empty slot.
+const KIND_FAMILY: u8 = KIND_V4 | KIND_V6;
+/// [`Slot::kind`]: the reverse (reply) side of a NAT pair.
+const KIND_REVERSE: u8 = 0x20;
+/// The [`TcpState`] bits of [`Slot::kind`].
+const KIND_TCP: u8 = 0x1F;
+
+const _: () = assert!(TcpState::SYN | TcpState::ESTABLISHED | TcpState::CLOSING == KIND_TCP);
+
+/// A table slot: one flow and its [`Entry`] packed in 32 bytes, two to a cache line, or
+/// nothing (no family bit in its kind). An IPv4 flow's key is held whole (addresses, ports,
+/// protocol: 13 bytes); an IPv6 flow's 37 bytes of key do not fit, so its slot holds a
+/// 32-bit fingerprint of the key and the key's place in a slab ([`Keys`]), which a probe
+/// reads only when the fingerprint, ports and protocol all match (module docs, "Layout").
+/// The key's fields are packed in two words, `head` and `tail`, so that a probe compares a
+/// slot with two loads, two XORs and a mask. Aligned to 32, so that a slot never straddles
+/// two cache lines; the alignment also reaches the heap: [`mem::PagedChunks`] allocates with
+/// `T`'s alignment (and at least a line's).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(C, align(32))]
+struct Slot {
+    /// `a | b << 32`. IPv4: `a` is the source address, `b` the destination; IPv6: `a` is
+    /// the key's fingerprint ([`Probe::new`]), `b` the key's slot in its slab
+    /// ([`Keys::stored`]).
+    head: u64,
+    /// `ports | proto << 32 | kind << 40 | nat_port << 48`: the ports as
+    /// `src_port << 16 | dst_port`, the IP protocol, the `KIND_*` bits (family, reverse,
+    /// TCP state) and the NAT port.
+    tail: u64,
+    /// The deadline in [`Clock`] units, wrapping (module docs, "Deadlines").
+    deadline: u32,
+    backend_id: u32,
+    service_id: u32,
+    /// The NAT peer's slot in the pair slab, or [`NO_SLOT`].
+    peer: u32,
+}
+
+const _: () = assert!(size_of::<Slot>() == 32 && align_of::<Slot>() == 32);
+
+/// The bits of [`Slot::tail`] that are part of the key: ports, protocol, family.
+const TAIL_KEY: u64 = 0xFFFF_FFFF | 0xFF << 32 | (KIND_FAMILY as u64) << 40;
+
+impl Slot {
+    const EMPTY: Self = Self {
+        head: 0,
+        tail: 0,
+        deadline: 0,
+        backend_id: 0,
+        service_id: 0,
+        peer: NO_SLOT,
+    };
+
+    #[inline(always)]
+    const fn a(&self) -> u32 {
+        low32(self.head)
+    }
+
+    #[inline(always)]
+    const fn b(&self) -> u32 {
+        low32(self.head >> 32)
+    }
+
+    #[inline(always)]
+    const fn ports(&self) -> u32 {
+        low32(self.tail)
+    }
+
+    #[inline(always)]
+    const fn proto(&self) -> u8 {
+        self.tail.to_le_bytes()[4]
+    }
+
+    #[inline(always)]
+    const fn kind(&self) -> u8 {
+        self.tail.to_le_bytes()[5]
+    }
+
+    #[inline(always)]
+    const fn nat_port(&self) -> u16 {
+        let [.., lo, hi] = self.tail.to_le_bytes();
+        u16::from_le_bytes([lo, hi])
+    }
+
+    #[inline(always)]
+    const fn is_empty(&self) -> bool {
+        self.kind() & KIND_FAMILY == 0
+    }
+
+    #[inline(always)]
+    const fn is_v4(&self) -> bool {
+        self.kind() & KIND_V4 != 0
+    }
+
+    #[inline(always)]
+    const fn has_peer(&self) -> bool {
+        self.peer != NO_SLOT
+    }
+
+    #[inline(always)]
+    const fn tcp(&self) -> TcpState {
+        TcpState(self.kind() & KIND_TCP)
+    }
+
+    #[inline(always)]
+    fn set_tcp(&mut self, tcp: TcpState) {
+        self.tail = (self.tail & !(u64::from(KIND_TCP) << 40)) | u64::from(tcp.0 & KIND_TCP) << 40;
+    }
+
+    #[inline(always)]
+    const fn is_reverse(&self) -> bool {
+        self.kind() & KIND_REVERSE != 0
+    }
+
+    /// Whether it holds an entry that is live at `now` (units).
+    #[inline(always)]
+    fn is_live(&self, now: u64) -> bool {
+        !self.is_empty() && Clock::live(self.deadline, now)
+    }
+
+    /// The entry, its deadline read against `now` (units).
+    #[inline(always)]
+    fn entry(&self, clock: &Clock, now: u64) -> Entry {
+        Entry {
+            expires: clock.expand(self.deadline, now),
+            backend_id: self.backend_id,
+            service_id: self.service_id,
+            peer: self.peer,
+            nat_port: self.nat_port(),
+            tcp: self.tcp(),
+            flags: if self.is_reverse() { Entry::REVERSE } else { 0 },
+        }
+    }
+}
+
+/// What a probe compares a slot's key words with, made once per key: for an IPv4 key the
+/// whole key; for an IPv6 key its fingerprint, ports and protocol, the slab holding the
+/// rest.
+#[derive(Clone, Copy)]
+struct Probe {
+    /// [`Slot::head`] of the key (for IPv6, with `b` 0).
+    head: u64,
+    /// The bits of `head` that are key: all of it for IPv4, the fingerprint for IPv6.
+    head_mask: u64,
+    /// [`Slot::tail`] of the key, [`TAIL_KEY`] bits only.
+    tail: u64,
+}
+
+impl Probe {
+    #[inline(always)]
+    fn new(key: &FlowKey, hash: u64) -> Self {
+        let (head, head_mask, family) = match key.v4_bits() {
+            Some((src, dst)) => (u64::from(src) | u64::from(dst) << 32, !0, KIND_V4),
+            // The fingerprint: hash bits 32..64. The home slot is bits 1..13 and the shard
+            // comes from bits 16..48, so keys in one shard differ in at least the top 16.
+            None => (hash >> 32, 0xFFFF_FFFF, KIND_V6),
+        };
+        Self {
+            head,
+            head_mask,
+            tail: u64::from(key.ports_word())
+                | u64::from(key.proto().0) << 32
+                | u64::from(family) << 40,
+        }
+    }
+
+    #[inline(always)]
+    const fn is_v4(&self) -> bool {
+        self.head_mask == !0
+    }
+
+    /// Whether `s` holds this key (IPv4) or may (IPv6: its slab key decides). False for an
+    /// empty slot.
+    #[inline(always)]
+    fn head_matches(&self, s: &Slot) -> bool {
+        (((s.head ^ self.head) & self.head_mask) | ((s.tail ^ self.tail) & TAIL_KEY)) == 0
+    }
+
+    /// The slot for a key with this probe and `e` (prepared: state, peer and flags set),
+    /// with `deadline` as a slot holds it; `b` is the slab slot of an IPv6 key (ignored for
+    /// IPv4).
+    #[inline(always)]
+    fn slot(&self, b: u32, e: &Entry, deadline: u32) -> Slot {
+        let reverse = if e.is_reverse() { KIND_REVERSE } else { 0 };
+        let kind = reverse | (e.tcp.0 & KIND_TCP);
+        Slot {
+            head: if self.is_v4() {
+                self.head
+            } else {
+                self.head | u64::from(b) << 32
+            },
+            tail: self.tail | u64::from(kind) << 40 | u64::from(e.nat_port) << 48,
+            deadline,
+            backend_id: e.backend_id,
+            service_id: e.service_id,
+            peer: e.peer,
+        }
+    }
+}
+
+// === Keys ===
+
+/// Flow keys kept out of the slots: the keys of NAT pair members (which a reply needs to
+/// find its client) and of IPv6 flows outside pairs (which do not fit a slot). Allocated
+/// whole at construction, like the slots.
+struct Keys {
+    /// Pair slab: slot → key of a NAT pair member, two slots a pair (`2k` forward, `2k + 1`
+    /// reverse), `capacity / 2` pairs. Only pair members hold a slot, and a pair's two
+    /// slots are taken and freed together. An IPv6 pair member's slot holds `b = peer ^ 1`.
+    pairs: Box<[Option<FlowKey>]>,
+    /// Free pairs of `pairs` (pair `k` is slots `2k` and `2k + 1`); capacity
+    /// `capacity / 2`, so pushes never allocate.
+    free: Vec<u32>,
+    /// Slot → key of an IPv6 flow that is not in a pair (its slot's `b`): `capacity` slots.
+    lone: Box<[Option<FlowKey>]>,
+    /// Free slots of `lone`; capacity `capacity`, so pushes never allocate.
+    free_lone: Vec<u32>,
+}
+
+impl Keys {
+    fn new(capacity: usize, pairs: u32) -> Option<Self> {
+        let lone = u32::try_from(capacity).ok()?;
+        let mut free = Vec::with_capacity(capacity / 2);
+        // Lowest first out.
+        free.extend((0..pairs).rev());
+        let mut free_lone = Vec::with_capacity(capacity);
+        free_lone.extend((0..lone).rev());
+        Some(Self {
+            pairs: vec![None; 2 * (capacity / 2)].into_boxed_slice(),
+            free,
+            lone: vec![None; capacity].into_boxed_slice(),
+            free_lone,
+        })
+    }
+
+    fn allocation_size(&self) -> usize {
+        size_of_val::<[Option<FlowKey>]>(&self.pairs)
+            + size_of_val::<[Option<FlowKey>]>(&self.lone)
+            + (self.free.capacity() + self.free_lone.capacity()) * size_of::<u32>()
+    }
+
+    /// The key an IPv6 slot refers to.
+    #[inline]
+    fn stored(&self, s: &Slot) -> Option<&FlowKey> {
+        let slab = if s.has_peer() {
+            &self.pairs
+        } else {
+            &self.lone
+        };
+        slab.get(s.b() as usize)?.as_ref()
+    }
+
+    /// The key of an occupied slot.
+    #[inline]
+    fn key_of(&self, s: &Slot) -> Option<FlowKey> {
+        if s.is_v4() {
+            Some(FlowKey::from_v4_bits(s.a(), s.b(), s.ports(), s.proto()))
+        } else {
+            self.stored(s).copied()
+        }
+    }
+
+    /// The key of the pair member in pair slot `peer`.
+    #[inline]
+    fn peer_key(&self, peer: u32) -> Option<FlowKey> {
+        self.pairs.get(peer as usize).copied().flatten()
+    }
+
+    /// Frees what the slot `s`, out of its table, held here: both slots of its NAT pair, or
+    /// the lone slot of its IPv6 key. Idempotent: a pair already free is left alone.
+    fn release(&mut self, s: &Slot) {
+        if s.has_peer() {
+            let pair = pair_of(s.peer);
+            let first = 2 * pair as usize;
+            if let Some(both) = self.pairs.get_mut(first..first + 2)
+                && both.iter().any(Option::is_some)
+            {
+                both.fill(None);
+                // `free` was allocated with room for every pair: this never allocates.
+                self.free.push(pair);
+            }
+        } else if !s.is_v4()
+            && let Some(k) = self.lone.get_mut(s.b() as usize)
+            && k.take().is_some()
+        {
+            // Room for every slot: this never allocates.
+            self.free_lone.push(s.b());
+        }
+    }
+
+    /// Every key slot free again.
+    fn clear(&mut self) {
+        self.pairs.fill(None);
+        self.lone.fill(None);
+        self.free.clear();
+        self.free
+            .extend((0..low32(self.pairs.len() as u64 / 2)).rev());
+        self.free_lone.clear();
+        self.free_lone
+            .extend((0..low32(self.lone.len() as u64)).rev());
+    }
+}
+
+// === Table ===
 
 /// One shard of the table: open addressing with linear probing over a power-of-two number
-/// of slots, each holding the key and its entry side by side (module docs, "Layout"). A key
-/// lives at its home slot (`hash & mask`) or after it, with no empty slot in between.
-/// Removal shifts the following entries back (no tombstones), so the table never needs a
-/// rehash and a probe stops at the first empty slot. The shard always keeps empty slots
-/// (its limit is less than half its slots), so every probe ends.
+/// of [`Slot`]s (module docs, "Layout"). A key lives at its home slot (`hash & mask`) or
+/// after it, with no empty slot in between. Removal shifts the following entries back (no
+/// tombstones), so the table never needs a rehash and a probe stops at the first empty
+/// slot. The shard always keeps empty slots (its limit is below its slot count), so every
+/// probe ends.
 struct Table {
     slots: Chunk<Slot>,
     /// `slots.len() - 1`.
@@ -634,8 +1044,8 @@ struct Table {
     len: usize,
 }
 
-/// hashbrown's bucket count for `cap` items of our slot size: the sizes this table had
-/// when it was a hashbrown table, kept so that capacities map to the same memory.
+/// hashbrown's bucket count for `cap` items: the sizes this table had when it was a
+/// hashbrown table, kept so that capacities map to the same slot counts.
 fn capacity_to_buckets(cap: usize) -> usize {
     let cap = cap.max(3);
     if cap < 4 {
@@ -700,12 +1110,14 @@ impl Table {
         size_of_val::<[Slot]>(&self.slots)
     }
 
-    fn iter(&self) -> impl Iterator<Item = &(FlowKey, Entry)> {
-        self.slots.iter().filter_map(|s| s.0.as_ref())
+    /// The occupied slots.
+    fn iter(&self) -> impl Iterator<Item = &Slot> {
+        self.slots.iter().filter(|s| !s.is_empty())
     }
 
     /// The home slot of a key with hash `hash`: its low bits (shards are picked from
-    /// bits 16..48, see [`shard_of`]).
+    /// bits 16..48, see [`shard_of`]), rounded down to an even slot, the first of a cache
+    /// line (module docs, "Layout").
     #[inline]
     fn home(&self, hash: u64) -> usize {
         #[allow(
@@ -713,58 +1125,48 @@ impl Table {
             reason = "only the low bits are wanted, and mask < usize::MAX"
         )]
         let h = hash as usize;
-        h & self.mask
+        h & self.mask & !1
     }
 
-    /// Prefetches the home slot of `hash` and the one after it, where a key usually is
-    /// (module docs, "Layout"): two cache lines, since a slot is 64 bytes aligned to 64.
+    /// Prefetches the cache line of `hash`'s home slot, which holds its first two slots,
+    /// where most keys are (module docs, "Layout").
     #[inline]
     fn prefetch(&self, hash: u64) {
-        let home = self.home(hash);
-        if let Some(s) = self.slots.get(home) {
-            mem::prefetch(s);
-        }
-        if let Some(s) = self.slots.get((home + 1) & self.mask) {
+        if let Some(s) = self.slots.get(self.home(hash)) {
             mem::prefetch(s);
         }
     }
 
-    /// The slot holding `key`, if any.
-    #[inline]
-    fn find(&self, hash: u64, key: &FlowKey) -> Option<usize> {
+    /// The slot holding `key` (whose probe is `p`), if any. Always inlined: it is most of a
+    /// lookup, and as a call it cost a few ns per packet.
+    #[inline(always)]
+    fn find(&self, hash: u64, p: &Probe, key: &FlowKey, keys: &Keys) -> Option<usize> {
         let mut i = self.home(hash);
         // Ends at the first empty slot; bounded by the slot count even so.
         for _ in 0..self.slots.len() {
-            match &self.slots.get(i)?.0 {
-                Some((k, _)) if k == key => return Some(i),
-                Some(_) => i = (i + 1) & self.mask,
-                None => return None,
+            let s = self.slots.get(i)?;
+            if s.is_empty() {
+                return None;
             }
+            if p.head_matches(s) && (p.is_v4() || keys.stored(s) == Some(key)) {
+                return Some(i);
+            }
+            i = (i + 1) & self.mask;
         }
         None
     }
 
+    /// Stores `slot` (its key not in the table) in the first empty slot from its home.
+    /// `false` only if the table has no empty slot, which its limit rules out.
     #[inline]
-    fn get(&self, pos: usize) -> Option<&(FlowKey, Entry)> {
-        self.slots.get(pos)?.0.as_ref()
-    }
-
-    #[inline]
-    fn get_mut(&mut self, pos: usize) -> Option<&mut (FlowKey, Entry)> {
-        self.slots.get_mut(pos)?.0.as_mut()
-    }
-
-    /// Stores `key` (not in the table) in the first empty slot from its home. `false` only
-    /// if the table has no empty slot, which its limit rules out.
-    #[inline]
-    fn insert_new(&mut self, hash: u64, key: FlowKey, entry: Entry) -> bool {
+    fn insert_new(&mut self, hash: u64, slot: Slot) -> bool {
         let mut i = self.home(hash);
         for _ in 0..self.slots.len() {
             let Some(s) = self.slots.get_mut(i) else {
                 return false;
             };
-            if s.0.is_none() {
-                s.0 = Some((key, entry));
+            if s.is_empty() {
+                *s = slot;
                 self.len += 1;
                 return true;
             }
@@ -775,24 +1177,30 @@ impl Table {
 
     /// Removes the item in slot `pos` and shifts the items after it back, so that no probe
     /// crosses a hole (backward-shift deletion). Each item it passes is rehashed with
-    /// `hasher` to find its home; a run of occupied slots is short (the load is below ½).
-    fn remove_at(&mut self, pos: usize, hasher: &KeyedHash) -> Option<(FlowKey, Entry)> {
-        let removed = self.slots.get_mut(pos)?.0.take()?;
+    /// `hasher` to find its home (an IPv6 key is read from `keys`); a run of occupied slots
+    /// is short.
+    fn remove_at(&mut self, pos: usize, hasher: &KeyedHash, keys: &Keys) -> Option<Slot> {
+        let removed = *self.slots.get(pos).filter(|s| !s.is_empty())?;
+        if let Some(s) = self.slots.get_mut(pos) {
+            *s = Slot::EMPTY;
+        }
         self.len -= 1;
         let mask = self.mask;
         let mut hole = pos;
         let mut j = (pos + 1) & mask;
         for _ in 0..self.slots.len() {
-            let Some(Slot(Some((k, _)))) = self.slots.get(j) else {
+            let Some(&s) = self.slots.get(j).filter(|s| !s.is_empty()) else {
                 break;
             };
-            let home = self.home(hasher.hash_one(k));
+            let home = keys.key_of(&s).map_or(j, |k| self.home(hasher.hash_one(k)));
             // The item at `j` may fill the hole if its home is not after the hole, i.e. the
             // hole lies on its probe path `home..=j` (cyclically).
             if j.wrapping_sub(home) & mask >= j.wrapping_sub(hole) & mask {
-                let moved = self.slots.get_mut(j).and_then(|s| s.0.take());
                 if let Some(h) = self.slots.get_mut(hole) {
-                    h.0 = moved;
+                    *h = s;
+                }
+                if let Some(m) = self.slots.get_mut(j) {
+                    *m = Slot::EMPTY;
                 }
                 hole = j;
             }
@@ -826,17 +1234,12 @@ pub struct ConnTrack {
     tables: Box<[Table]>,
     /// `tables.len()` as the multiplier of [`shard_of`].
     nshards: u64,
-    /// Most entries one shard may hold: less than half its hashbrown-style item capacity,
-    /// so probe runs stay short and an empty slot always ends them.
+    /// Most entries one shard may hold: below its slot count, so an empty slot always ends
+    /// a probe.
     shard_limit: usize,
     hasher: KeyedHash,
-    /// Pair slab: slot → key of a NAT pair member, two slots a pair (`2k` forward, `2k + 1`
-    /// reverse), `capacity / 2` pairs. Only pair members hold a slot, and a pair's two slots
-    /// are taken and freed together.
-    keys: Box<[Option<FlowKey>]>,
-    /// Free pairs of `keys` (pair `k` is slots `2k` and `2k + 1`); capacity `capacity / 2`,
-    /// so pushes never allocate.
-    free: Vec<u32>,
+    /// The keys that are not in the slots.
+    keys: Keys,
     /// The aging sweep's position: `(shard, i)`, where `i - 1` is the next slot it visits
     /// (it walks each shard downwards); `i == 0` moves it to the next shard.
     cursor: (usize, usize),
@@ -844,7 +1247,9 @@ pub struct ConnTrack {
     buckets: usize,
     len: usize,
     capacity: usize,
+    /// The timeouts in [`Clock`] units.
     timeouts: TimeoutTicks,
+    clock: Clock,
     stats: Stats,
     /// The pages under the shards.
     backing: PageBacking,
@@ -861,6 +1266,7 @@ impl fmt::Debug for ConnTrack {
             .field("backing", &self.backing)
             .field("cursor", &self.cursor)
             .field("timeouts", &self.timeouts)
+            .field("clock", &self.clock)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -880,37 +1286,25 @@ fn shard_of(hash: u64, nshards: u64) -> usize {
     i
 }
 
-/// Removes `key`'s entry, if present.
+/// Takes `key`'s slot out of its table, if present (its keys stay in `keys`).
 #[inline]
-fn take(tables: &mut [Table], nshards: u64, hasher: &KeyedHash, key: &FlowKey) -> Option<Entry> {
+fn take(
+    tables: &mut [Table],
+    nshards: u64,
+    hasher: &KeyedHash,
+    keys: &Keys,
+    key: &FlowKey,
+) -> Option<Slot> {
     let hash = hasher.hash_one(key);
     let table = tables.get_mut(shard_of(hash, nshards))?;
-    let pos = table.find(hash, key)?;
-    table.remove_at(pos, hasher).map(|(_, e)| e)
+    let pos = table.find(hash, &Probe::new(key, hash), key, keys)?;
+    table.remove_at(pos, hasher, keys)
 }
 
 /// The pair of the pair slab that `slot` belongs to.
 #[inline]
 const fn pair_of(slot: u32) -> u32 {
     slot >> 1
-}
-
-/// Frees both slab slots of `e`'s NAT pair and returns the pair to the free list. Nothing
-/// for a lone entry, and idempotent: a pair already free is left alone.
-#[inline]
-fn release(keys: &mut [Option<FlowKey>], free: &mut Vec<u32>, e: &Entry) {
-    if !e.has_peer() {
-        return;
-    }
-    let pair = pair_of(e.peer);
-    let first = 2 * pair as usize;
-    if let Some(both) = keys.get_mut(first..first + 2)
-        && both.iter().any(Option::is_some)
-    {
-        both.fill(None);
-        // `free` was allocated with room for every pair, so this never allocates.
-        free.push(pair);
-    }
 }
 
 impl ConnTrack {
@@ -953,6 +1347,8 @@ impl ConnTrack {
         // At most `capacity / 2` NAT pairs fit in the table at once.
         let pairs = u32::try_from(capacity / 2).map_err(|_| too_large)?;
         let timeouts = TimeoutTicks::new(timeouts, rate)?;
+        let clock = Clock::new(timeouts.longest());
+        let keys = Keys::new(capacity, pairs).ok_or(too_large)?;
 
         // Up to SHARD_MEAN_MAX entries: one table with more than twice `capacity` slots.
         // Beyond: shards of SHARD_BUCKETS slots, each expecting at most SHARD_MEAN_MAX
@@ -976,21 +1372,18 @@ impl ConnTrack {
             };
         let nshards = u64::try_from(tables.len()).map_err(|_| too_large)?;
         let buckets = tables.iter().map(Table::num_buckets).sum();
-        let mut free = Vec::with_capacity(capacity / 2);
-        // Lowest pair first out.
-        free.extend((0..pairs).rev());
         Ok(Self {
             cursor: (tables.len() - 1, 0),
             tables: tables.into_boxed_slice(),
             nshards,
             shard_limit,
             hasher: KeyedHash::from_random_state(&hasher),
-            keys: vec![None; 2 * (capacity / 2)].into_boxed_slice(),
-            free,
+            keys,
             buckets,
             len: 0,
             capacity,
-            timeouts,
+            clock,
+            timeouts: timeouts.in_units(clock.shift),
             stats: Stats::default(),
             backing,
         })
@@ -1062,16 +1455,15 @@ impl ConnTrack {
             .map(Table::allocation_size)
             .sum::<usize>()
             + size_of_val::<[Table]>(&self.tables)
-            + size_of_val::<[Option<FlowKey>]>(&self.keys)
-            + self.free.capacity() * size_of::<u32>()
+            + self.keys.allocation_size()
     }
 
     /// The live entry for `key`, refreshed: its deadline pushed out to `now` + its
     /// timeout. An expired entry found here is removed and reported as a miss (but see
     /// the NAT pair rule in the module docs). For TCP, prefer [`ConnTrack::lookup_tcp`] so
-    /// FIN/RST shorten the flow's life.
+    /// FIN/RST shorten the flow's life. Returns a copy of the entry as refreshed.
     #[inline]
-    pub fn lookup(&mut self, key: &FlowKey, now: Tick) -> Option<&mut Entry> {
+    pub fn lookup(&mut self, key: &FlowKey, now: Tick) -> Option<Entry> {
         self.lookup_inner(key, None, now)
     }
 
@@ -1081,17 +1473,12 @@ impl ConnTrack {
     /// and for a NAT pair shortens the other side too. `flags` are ignored if `key` is not
     /// TCP.
     #[inline]
-    pub fn lookup_tcp(&mut self, key: &FlowKey, flags: TcpFlags, now: Tick) -> Option<&mut Entry> {
+    pub fn lookup_tcp(&mut self, key: &FlowKey, flags: TcpFlags, now: Tick) -> Option<Entry> {
         self.lookup_inner(key, Some(flags), now)
     }
 
     #[inline]
-    fn lookup_inner(
-        &mut self,
-        key: &FlowKey,
-        flags: Option<TcpFlags>,
-        now: Tick,
-    ) -> Option<&mut Entry> {
+    fn lookup_inner(&mut self, key: &FlowKey, flags: Option<TcpFlags>, now: Tick) -> Option<Entry> {
         let hash = self.hasher.hash_one(key);
         self.lookup_hashed(key, hash, flags, now)
     }
@@ -1106,9 +1493,9 @@ impl ConnTrack {
         }
     }
 
-    /// Prefetches the slots `key` would be found in first (its home slot and the next, two
-    /// cache lines): a hint, with no loads that wait and nothing changed. A burst issues
-    /// one per packet before its lookups, so their cache and TLB misses overlap.
+    /// Prefetches the cache line `key` would be found in first (its home slot and the next):
+    /// a hint, with no loads that wait and nothing changed. A burst
+    /// issues one per packet before its lookups, so their cache and TLB misses overlap.
     #[inline]
     pub(crate) fn prefetch(&self, key: &HashedKey) {
         if let Some(t) = self.tables.get(shard_of(key.hash, self.nshards)) {
@@ -1125,8 +1512,53 @@ impl ConnTrack {
         key: &HashedKey,
         flags: TcpFlags,
         now: Tick,
-    ) -> Option<&mut Entry> {
+    ) -> Option<Entry> {
         self.lookup_hashed(&key.key, key.hash, Some(flags), now)
+    }
+
+    /// `now` in units. First, if `now` is [`SWEEP_STALE`] units or more from the start of
+    /// the last complete aging pass (`swept`), either way, [`ConnTrack::resync`] runs. So
+    /// each call's `now` is within [`SWEEP_STALE`] of `swept`, every deadline it stores
+    /// within that plus the longest timeout, and every stored deadline within 2³¹ units of
+    /// `now` (module docs, "Deadlines"). One subtraction and a well-predicted branch.
+    #[inline(always)]
+    fn advance(&mut self, now: Tick) -> u64 {
+        let u = self.clock.units(now);
+        if u.wrapping_sub(self.clock.swept).wrapping_add(SWEEP_STALE) >= 2 * SWEEP_STALE {
+            self.resync(u);
+        }
+        u
+    }
+
+    /// The rare half of [`ConnTrack::advance`], at `u` units. The stored deadlines lie
+    /// within `SWEEP_STALE` + the longest timeout of `swept`. If `u` is within
+    /// 2 × `SWEEP_STALE` of `swept`, it is less than 2³¹ units from each of them, and one
+    /// whole aging pass at `u` is exact. Otherwise the clock jumped: forward, every
+    /// deadline has passed; back, they cannot be read. Either way every entry goes.
+    #[cold]
+    #[inline(never)]
+    fn resync(&mut self, u: u64) {
+        let near = u
+            .wrapping_sub(self.clock.swept)
+            .wrapping_add(2 * SWEEP_STALE)
+            <= 4 * SWEEP_STALE;
+        if !near {
+            for t in &mut self.tables {
+                t.slots.fill(Slot::EMPTY);
+                t.len = 0;
+            }
+            self.keys.clear();
+            self.stats.evicted += self.len as u64;
+            self.len = 0;
+        } else {
+            let removed = self.sweep(u, self.buckets);
+            self.stats.evicted += removed as u64;
+        }
+        self.clock = Clock {
+            pass_start: u,
+            swept: u,
+            ..self.clock
+        };
     }
 
     /// The lookup itself. Always inlined into the packet path: the hit is ~60 instructions,
@@ -1138,35 +1570,37 @@ impl ConnTrack {
         hash: u64,
         flags: Option<TcpFlags>,
         now: Tick,
-    ) -> Option<&mut Entry> {
+    ) -> Option<Entry> {
+        let u = self.advance(now);
         let idx = shard_of(hash, self.nshards);
         let flags = if key.proto() == IpProtocol::TCP {
             flags
         } else {
             None
         };
+        let probe = Probe::new(key, hash);
+        let keys = &self.keys;
         let found = self
             .tables
             .get_mut(idx)
-            .and_then(|t| Some((t.find(hash, key)?, t)));
+            .and_then(|t| Some((t.find(hash, &probe, key, keys)?, t)));
         let Some((pos, table)) = found else {
             self.stats.misses += 1;
             return None;
         };
-        let entry = &mut table.get_mut(pos)?.1;
-        if entry.is_live(now) {
+        let slot = table.slots.get_mut(pos)?;
+        if Clock::live(slot.deadline, u) {
             self.stats.hits += 1;
-            let newly_closing = refresh(entry, key.proto(), flags, now, &self.timeouts);
-            if newly_closing && entry.has_peer() {
+            let newly_closing = refresh(slot, key.proto(), flags, u, &self.timeouts);
+            let e = slot.entry(&self.clock, u);
+            if newly_closing && e.has_peer() {
                 // First FIN/RST of a NAT pair: shorten the other side too (once per
                 // connection). That changes no slot positions.
-                let (peer, tcp) = (entry.peer, entry.tcp);
-                self.close_peer(peer, tcp, now);
+                self.close_peer(e.peer, e.tcp, u);
             }
-            // The hot path: one probe, and this second index of the same slot.
-            return self.tables.get_mut(idx)?.get_mut(pos).map(|(_, e)| e);
+            return Some(e);
         }
-        self.lookup_expired(key, idx, pos, flags, now)
+        self.lookup_expired(key, idx, pos, flags, u)
     }
 
     /// The rest of [`ConnTrack::lookup_hashed`] for an entry found expired, at `pos` of
@@ -1179,78 +1613,95 @@ impl ConnTrack {
         idx: usize,
         pos: usize,
         flags: Option<TcpFlags>,
-        now: Tick,
-    ) -> Option<&mut Entry> {
-        let (_, entry) = *self.tables.get(idx)?.get(pos)?;
+        u: u64,
+    ) -> Option<Entry> {
+        let slot = *self.tables.get(idx)?.slots.get(pos)?;
         // A lone entry (or one whose pair slot is somehow gone) is removed.
-        let Some(peer_key) = self.keys.get(entry.peer as usize).copied().flatten() else {
+        let Some(peer_key) = self.keys.peer_key(slot.peer) else {
             if let Some(t) = self.tables.get_mut(idx) {
-                t.remove_at(pos, &self.hasher);
+                t.remove_at(pos, &self.hasher, &self.keys);
             }
-            release(&mut self.keys, &mut self.free, &entry);
+            self.keys.release(&slot);
             self.len -= 1;
             self.stats.expired += 1;
             self.stats.misses += 1;
             return None;
         };
         // A NAT pair lives while either side does.
-        let peer_live = self.peek(&peer_key).is_some_and(|p| p.is_live(now));
-        if peer_live {
+        if self.find_slot(&peer_key).is_some_and(|p| p.is_live(u)) {
             self.stats.hits += 1;
-            let e = &mut self.tables.get_mut(idx)?.get_mut(pos)?.1;
-            if refresh(e, key.proto(), flags, now, &self.timeouts) {
-                let (peer, tcp) = (e.peer, e.tcp);
-                self.close_peer(peer, tcp, now);
+            let s = self.tables.get_mut(idx)?.slots.get_mut(pos)?;
+            let newly_closing = refresh(s, key.proto(), flags, u, &self.timeouts);
+            let e = s.entry(&self.clock, u);
+            if newly_closing {
+                self.close_peer(e.peer, e.tcp, u);
             }
-            return self.tables.get_mut(idx)?.get_mut(pos).map(|(_, e)| e);
+            return Some(e);
         }
-        let mut removed = 0;
-        for k in [key, &peer_key] {
-            if take(&mut self.tables, self.nshards, &self.hasher, k).is_some() {
-                removed += 1;
-            }
-        }
-        release(&mut self.keys, &mut self.free, &entry);
-        self.len -= removed;
+        let removed = self.take_both(key, &peer_key, &slot);
         self.stats.expired += removed as u64;
         self.stats.misses += 1;
         None
     }
 
+    /// Removes the two sides of a NAT pair, `key` (whose slot was `slot`) and `peer_key`,
+    /// and frees their pair; returns how many entries went.
+    fn take_both(&mut self, key: &FlowKey, peer_key: &FlowKey, slot: &Slot) -> usize {
+        let mut removed = 0;
+        for k in [key, peer_key] {
+            if take(&mut self.tables, self.nshards, &self.hasher, &self.keys, k).is_some() {
+                removed += 1;
+            }
+        }
+        self.keys.release(slot);
+        self.len -= removed;
+        removed
+    }
+
     /// Copies the closing bits of `tcp` to the pair member in slot `peer` and caps its
-    /// deadline at `now + tcp_closing`.
-    fn close_peer(&mut self, peer: u32, tcp: TcpState, now: Tick) {
-        let Some(peer_key) = self.keys.get(peer as usize).copied().flatten() else {
+    /// deadline at `now + tcp_closing` (`now` in units).
+    fn close_peer(&mut self, peer: u32, tcp: TcpState, now: u64) {
+        let Some(peer_key) = self.keys.peer_key(peer) else {
             return;
         };
         let hash = self.hasher.hash_one(peer_key);
-        let closing = now.saturating_add(self.timeouts.tcp_closing);
+        let closing = low32(now.wrapping_add(self.timeouts.tcp_closing));
+        let probe = Probe::new(&peer_key, hash);
         if let Some(t) = self.tables.get_mut(shard_of(hash, self.nshards))
-            && let Some(pos) = t.find(hash, &peer_key)
-            && let Some((_, p)) = t.get_mut(pos)
+            && let Some(pos) = t.find(hash, &probe, &peer_key, &self.keys)
+            && let Some(p) = t.slots.get_mut(pos)
         {
-            p.tcp = TcpState(p.tcp.0 | (tcp.0 & TcpState::CLOSING));
-            p.expires = p.expires.min(closing);
+            p.set_tcp(TcpState(p.tcp().0 | (tcp.0 & TcpState::CLOSING)));
+            // The earlier of the two deadlines, in serial order.
+            if serial_delta(closing, u64::from(p.deadline)) < 0 {
+                p.deadline = closing;
+            }
         }
+    }
+
+    /// The slot holding `key`, if any.
+    fn find_slot(&self, key: &FlowKey) -> Option<&Slot> {
+        let hash = self.hasher.hash_one(key);
+        let t = self.tables.get(shard_of(hash, self.nshards))?;
+        t.slots
+            .get(t.find(hash, &Probe::new(key, hash), key, &self.keys)?)
     }
 
     /// The stored entry for `key` as is: no refresh, no expiry check, no counters. For
     /// diagnostics and tests; the packet path uses [`ConnTrack::lookup`].
     #[must_use]
-    pub fn peek(&self, key: &FlowKey) -> Option<&Entry> {
-        let hash = self.hasher.hash_one(key);
-        let t = self.tables.get(shard_of(hash, self.nshards))?;
-        t.get(t.find(hash, key)?).map(|(_, e)| e)
+    pub fn peek(&self, key: &FlowKey) -> Option<Entry> {
+        self.find_slot(key)
+            .map(|s| s.entry(&self.clock, self.clock.swept))
     }
 
     /// The key of `entry`'s NAT peer: for a reverse entry, the forward key (client → VIP),
-    /// which is how a reply is un-NATed. `None` for an entry without a peer. Copy the entry
-    /// out of [`ConnTrack::lookup`] first (`let e = *ct.lookup(..)?;`): the lookup borrows
-    /// the table. One array read, no hash probe.
+    /// which is how a reply is un-NATed. `None` for an entry without a peer. One array
+    /// read, no hash probe.
     #[inline]
     #[must_use]
     pub fn peer_key(&self, entry: &Entry) -> Option<FlowKey> {
-        self.keys.get(entry.peer as usize).copied().flatten()
+        self.keys.peer_key(entry.peer)
     }
 
     /// Whether `n` more entries fit in total and in each listed shard.
@@ -1281,41 +1732,44 @@ impl ConnTrack {
         flags: TcpFlags,
         now: Tick,
     ) -> Result<(), InsertError> {
+        let u = self.advance(now);
         let hash = self.hasher.hash_one(key);
         let idx = shard_of(hash, self.nshards);
+        // Replacing a stored key: it goes first (with its NAT peer), which frees its room.
+        let _ = self.remove(&key);
         if !self.has_room(&[idx], 1) {
-            // Replacing a stored key frees its own room first.
-            let _ = self.remove(&key);
+            let removed = self.sweep(u, INSERT_SWEEP_BUDGET);
+            self.stats.evicted += removed as u64;
             if !self.has_room(&[idx], 1) {
-                self.evict_expired(now, INSERT_SWEEP_BUDGET);
-                if !self.has_room(&[idx], 1) {
-                    self.stats.full += 1;
-                    return Err(InsertError::Full);
-                }
+                self.stats.full += 1;
+                return Err(InsertError::Full);
             }
         }
-        let entry = self.prepare(&key, entry, flags, now);
-        let Some(table) = self.tables.get_mut(idx) else {
+        let (entry, deadline) = self.prepare(&key, entry, flags, u);
+        let probe = Probe::new(&key, hash);
+        let mut b = 0;
+        if !probe.is_v4() {
+            // At most `len < capacity` lone keys are in use: one of `capacity` is free.
+            let Some(s) = self.keys.free_lone.pop() else {
+                self.stats.full += 1;
+                return Err(InsertError::Full);
+            };
+            if let Some(k) = self.keys.lone.get_mut(s as usize) {
+                *k = Some(key);
+            }
+            b = s;
+        }
+        let slot = probe.slot(b, &entry, deadline);
+        if !self
+            .tables
+            .get_mut(idx)
+            .is_some_and(|t| t.insert_new(hash, slot))
+        {
+            self.keys.release(&slot);
             self.stats.full += 1;
             return Err(InsertError::Full);
-        };
-        let replaced = match table.find(hash, &key) {
-            Some(pos) => table.get_mut(pos).map(|(_, e)| std::mem::replace(e, entry)),
-            None => {
-                if !table.insert_new(hash, key, entry) {
-                    self.stats.full += 1;
-                    return Err(InsertError::Full);
-                }
-                self.len += 1;
-                None
-            }
-        };
-        if let Some(old) = replaced {
-            self.stats.removed += 1;
-            if old.has_peer() {
-                self.unpair(&old);
-            }
         }
+        self.len += 1;
         self.stats.inserts += 1;
         Ok(())
     }
@@ -1344,12 +1798,14 @@ impl ConnTrack {
         if fwd_key == rev_key {
             return Err(InsertError::SameKey);
         }
+        let u = self.advance(now);
         let _ = self.remove(&fwd_key);
         let _ = self.remove(&rev_key);
         let (fh, rh) = (self.hasher.hash_one(fwd_key), self.hasher.hash_one(rev_key));
         let shards = [shard_of(fh, self.nshards), shard_of(rh, self.nshards)];
         if !self.has_room(&shards, 2) {
-            self.evict_expired(now, INSERT_SWEEP_BUDGET);
+            let removed = self.sweep(u, INSERT_SWEEP_BUDGET);
+            self.stats.evicted += removed as u64;
             if !self.has_room(&shards, 2) {
                 self.stats.full += 1;
                 return Err(InsertError::Full);
@@ -1357,26 +1813,28 @@ impl ConnTrack {
         }
         // Pairs in use are at most `len / 2 <= (capacity - 2) / 2`, so one of the
         // `capacity / 2` pairs is free.
-        let Some(pair) = self.free.pop() else {
+        let Some(pair) = self.keys.free.pop() else {
             self.stats.full += 1;
             return Err(InsertError::Full);
         };
         let (fs, rs) = (2 * pair, 2 * pair + 1);
-        self.keys[fs as usize] = Some(fwd_key);
-        self.keys[rs as usize] = Some(rev_key);
-        let mut fwd = self.prepare(&fwd_key, fwd, flags, now);
-        let mut rev = self.prepare(&rev_key, rev, flags, now);
+        self.keys.pairs[fs as usize] = Some(fwd_key);
+        self.keys.pairs[rs as usize] = Some(rev_key);
+        let (mut fwd, deadline) = self.prepare(&fwd_key, fwd, flags, u);
+        let (mut rev, rev_deadline) = self.prepare(&rev_key, rev, flags, u);
         // Each side links to the other; its own slot is the other half of the pair.
         fwd.peer = rs;
         rev.peer = fs;
         rev.flags |= Entry::REVERSE;
-        for ((k, e), (h, s)) in [(fwd_key, fwd), (rev_key, rev)]
+        for (((k, e, d), h), (s, own)) in [(fwd_key, fwd, deadline), (rev_key, rev, rev_deadline)]
             .into_iter()
-            .zip([fh, rh].into_iter().zip(shards))
+            .zip([fh, rh])
+            .zip(shards.into_iter().zip([fs, rs]))
         {
+            let slot = Probe::new(&k, h).slot(own, &e, d);
             // Both keys are absent (removed above) and both shards have room.
             if let Some(t) = self.tables.get_mut(s)
-                && t.insert_new(h, k, e)
+                && t.insert_new(h, slot)
             {
                 self.len += 1;
                 self.stats.inserts += 1;
@@ -1388,13 +1846,31 @@ impl ConnTrack {
     /// Removes `key`'s entry and, if it is one side of a NAT pair, the other side; returns
     /// the entry.
     pub fn remove(&mut self, key: &FlowKey) -> Option<Entry> {
-        let e = take(&mut self.tables, self.nshards, &self.hasher, key)?;
+        let s = take(
+            &mut self.tables,
+            self.nshards,
+            &self.hasher,
+            &self.keys,
+            key,
+        )?;
         self.len -= 1;
         self.stats.removed += 1;
-        if e.has_peer() {
-            self.unpair(&e);
+        if s.has_peer()
+            && let Some(peer_key) = self.keys.peer_key(s.peer)
+            && take(
+                &mut self.tables,
+                self.nshards,
+                &self.hasher,
+                &self.keys,
+                &peer_key,
+            )
+            .is_some()
+        {
+            self.len -= 1;
+            self.stats.removed += 1;
         }
-        Some(e)
+        self.keys.release(&s);
+        Some(s.entry(&self.clock, self.clock.swept))
     }
 
     /// Ages the table incrementally: visits up to `budget` slots from where the last call
@@ -1403,12 +1879,27 @@ impl ConnTrack {
     /// `ceil(buckets() / budget)` calls cover the whole table. Call it once per burst or idle
     /// loop with a small budget (tens to a few hundred).
     pub fn evict_expired(&mut self, now: Tick, budget: usize) -> usize {
+        let u = self.advance(now);
+        let removed = self.sweep(u, budget);
+        self.stats.evicted += removed as u64;
+        removed
+    }
+
+    /// [`ConnTrack::evict_expired`] at `u` (units), without counting.
+    fn sweep(&mut self, u: u64, budget: usize) -> usize {
         let mut left = budget.min(self.buckets);
         let mut removed = 0;
         while left > 0 {
             let (mut s, mut i) = self.cursor;
             if i == 0 || self.tables.get(s).is_none() {
-                s = if s + 1 >= self.tables.len() { 0 } else { s + 1 };
+                if s + 1 >= self.tables.len() {
+                    // A pass is complete: every slot was visited since `pass_start`.
+                    s = 0;
+                    self.clock.swept = self.clock.pass_start;
+                    self.clock.pass_start = u;
+                } else {
+                    s += 1;
+                }
                 i = self.tables.get(s).map_or(0, Table::num_buckets);
                 if i == 0 {
                     break;
@@ -1422,83 +1913,69 @@ impl ConnTrack {
             };
             let found = slots
                 .iter()
-                .rposition(|x| x.0.as_ref().is_some_and(|(_, e)| !e.is_live(now)));
+                .rposition(|x| !x.is_empty() && !Clock::live(x.deadline, u));
             let next = found.map_or(lo, |j| lo + j);
             left -= i - next;
             self.cursor = (s, next);
             if found.is_some() {
-                removed += self.sweep_bucket(s, next, now);
+                removed += self.sweep_bucket(s, next, u);
             }
         }
-        self.stats.evicted += removed as u64;
         removed
     }
 
-    /// Every stored entry, shard by shard in slot order (diagnostics: dumps, tests).
-    pub fn iter(&self) -> impl Iterator<Item = (&FlowKey, &Entry)> {
-        self.tables
-            .iter()
-            .flat_map(|t| t.iter().map(|(k, e)| (k, e)))
+    /// Every stored entry, shard by shard in slot order (diagnostics: dumps, tests), with
+    /// copies of the keys and entries.
+    pub fn iter(&self) -> impl Iterator<Item = (FlowKey, Entry)> {
+        self.tables.iter().flat_map(|t| {
+            t.iter().filter_map(|s| {
+                Some((self.keys.key_of(s)?, s.entry(&self.clock, self.clock.swept)))
+            })
+        })
     }
 
     /// Ages slot `i` of shard `s`; returns how many entries went. The sweep walks down, and
     /// a removal only moves entries from later slots (already visited) into earlier ones,
     /// so a pass skips nothing unless a run of slots wraps around the end of the shard.
     #[inline]
-    fn sweep_bucket(&mut self, s: usize, i: usize, now: Tick) -> usize {
-        let Some(&(key, e)) = self.tables.get(s).and_then(|t| t.get(i)) else {
+    fn sweep_bucket(&mut self, s: usize, i: usize, u: u64) -> usize {
+        let Some(&slot) = self.tables.get(s).and_then(|t| t.slots.get(i)) else {
             return 0;
         };
-        if e.is_live(now) {
+        if slot.is_empty() || slot.is_live(u) {
             return 0;
         }
-        let Some(peer_key) = self.keys.get(e.peer as usize).copied().flatten() else {
+        let Some(peer_key) = self.keys.peer_key(slot.peer) else {
             if let Some(t) = self.tables.get_mut(s) {
-                t.remove_at(i, &self.hasher);
+                t.remove_at(i, &self.hasher, &self.keys);
             }
-            release(&mut self.keys, &mut self.free, &e);
+            self.keys.release(&slot);
             self.len -= 1;
             return 1;
         };
-        if self.peek(&peer_key).is_some_and(|p| p.is_live(now)) {
+        if self.find_slot(&peer_key).is_some_and(|p| p.is_live(u)) {
             return 0;
         }
-        let mut removed = 0;
-        for k in [key, peer_key] {
-            if take(&mut self.tables, self.nshards, &self.hasher, &k).is_some() {
-                removed += 1;
-            }
-        }
-        release(&mut self.keys, &mut self.free, &e);
-        self.len -= removed;
-        removed
+        let Some(key) = self.keys.key_of(&slot) else {
+            return 0;
+        };
+        self.take_both(&key, &peer_key, &slot)
     }
 
-    /// Fills in the deadline and TCP state of an entry about to be inserted, and clears its
-    /// peer link and flags. Both sides of a pair are created from the client's packet, so the
-    /// flags are in the original direction.
+    /// Fills in the TCP state of an entry about to be inserted, and clears its peer link
+    /// and flags; returns it with its deadline in the form a slot holds, for `now` (units).
+    /// Both sides of a pair are created from the client's packet, so the flags are in the
+    /// original direction.
     #[inline]
-    fn prepare(&self, key: &FlowKey, mut e: Entry, flags: TcpFlags, now: Tick) -> Entry {
+    fn prepare(&self, key: &FlowKey, mut e: Entry, flags: TcpFlags, now: u64) -> (Entry, u32) {
         e.tcp = if key.proto() == IpProtocol::TCP {
             TcpState::first(flags, false)
         } else {
             TcpState(0)
         };
-        e.expires = now.saturating_add(self.timeouts.for_state(key.proto(), e.tcp));
         (e.peer, e.flags) = (NO_SLOT, 0);
-        e
-    }
-
-    /// `e` (already out of the table, or overwritten) was one side of a pair: removes the
-    /// other side and frees the pair's two slots.
-    fn unpair(&mut self, e: &Entry) {
-        if let Some(peer_key) = self.peer_key(e)
-            && take(&mut self.tables, self.nshards, &self.hasher, &peer_key).is_some()
-        {
-            self.len -= 1;
-            self.stats.removed += 1;
-        }
-        release(&mut self.keys, &mut self.free, e);
+        let deadline = low32(now.wrapping_add(self.timeouts.for_state(key.proto(), e.tcp)));
+        (e, deadline)
     }
 
     /// Test support: `capacity` split over `nshards` tables that can each hold all of it, so
@@ -1518,6 +1995,7 @@ impl ConnTrack {
         c.nshards = u64::try_from(nshards).unwrap();
         c.buckets = c.tables.iter().map(Table::num_buckets).sum();
         c.shard_limit = capacity;
+        c.cursor = (nshards - 1, 0);
         c
     }
 
@@ -1535,16 +2013,22 @@ impl ConnTrack {
                 self.shard_limit < t.num_buckets(),
                 "a full shard would have no empty slot to end a probe"
             );
-            for (k, _) in t.iter() {
-                assert_eq!(shard_of(self.hasher.hash_one(k), self.nshards), s, "shard");
+            assert_eq!(t.iter().count(), t.len(), "shard len counter");
+            for slot in t.iter() {
+                let k = self.keys.key_of(slot).expect("a slot's key");
+                let h = self.hasher.hash_one(k);
+                assert_eq!(shard_of(h, self.nshards), s, "shard");
+                assert_eq!(k.v4_bits().is_some(), slot.is_v4(), "family bit");
+                assert!(Probe::new(&k, h).head_matches(slot), "head");
             }
         }
-        // The slab: `capacity / 2` pairs, each wholly used or wholly free, and every pair
-        // either in use or on the free list, once.
+        // The pair slab: `capacity / 2` pairs, each wholly used or wholly free, and every
+        // pair either in use or on the free list, once.
         let pairs = self.capacity / 2;
-        assert_eq!(self.keys.len(), 2 * pairs, "slab size");
+        let slab = &self.keys;
+        assert_eq!(slab.pairs.len(), 2 * pairs, "slab size");
         let mut on_free_list = vec![false; pairs];
-        for &f in &self.free {
+        for &f in &slab.free {
             let seen = on_free_list
                 .get_mut(f as usize)
                 .expect("free pair out of range");
@@ -1552,7 +2036,7 @@ impl ConnTrack {
             *seen = true;
         }
         let mut used_pairs = 0;
-        for (pair, (both, free)) in self.keys.chunks(2).zip(&on_free_list).enumerate() {
+        for (pair, (both, free)) in slab.pairs.chunks(2).zip(&on_free_list).enumerate() {
             let [fwd, rev] = both else {
                 panic!("odd slab length");
             };
@@ -1564,55 +2048,84 @@ impl ConnTrack {
             );
             used_pairs += usize::from(fwd.is_some());
         }
-        assert_eq!(used_pairs + self.free.len(), pairs, "slab leak");
+        assert_eq!(used_pairs + slab.free.len(), pairs, "slab leak");
+        // The lone slab: each used slot held by exactly one IPv6 slot outside a pair.
+        assert_eq!(slab.lone.len(), self.capacity, "lone slab size");
+        let mut lone_free = vec![false; self.capacity];
+        for &f in &slab.free_lone {
+            let seen = lone_free
+                .get_mut(f as usize)
+                .expect("free slot out of range");
+            assert!(!*seen, "lone slot freed twice");
+            *seen = true;
+            assert!(slab.lone[f as usize].is_none(), "free lone slot in use");
+        }
         let mut paired = 0;
-        for (k, e) in self.iter() {
-            assert!(self.peek(k).is_some(), "entry unreachable by its probe");
-            if e.has_peer() {
-                paired += 1;
-                // The entry's own slot is derived: the other half of its peer's pair.
-                let own = e.peer ^ 1;
-                assert_eq!(self.keys[own as usize], Some(*k), "own slot");
-                assert_eq!(own % 2 == 1, e.is_reverse(), "reverse side in the odd slot");
-                let pk = self.keys[e.peer as usize].expect("peer slot");
-                let p = self.peek(&pk).expect("peer entry");
-                assert_eq!(p.peer, own, "peer link");
-                assert_ne!(p.is_reverse(), e.is_reverse(), "one reverse side");
-            } else {
-                assert!(!e.is_reverse(), "a reverse entry without its forward side");
+        let mut lone = 0;
+        for t in self.tables.iter() {
+            for slot in t.iter() {
+                let k = self.keys.key_of(slot).unwrap();
+                let e = self.peek(&k).expect("entry unreachable by its probe");
+                if e.has_peer() {
+                    paired += 1;
+                    // The entry's own slot is derived: the other half of its peer's pair.
+                    let own = e.peer ^ 1;
+                    assert_eq!(slab.pairs[own as usize], Some(k), "own slot");
+                    if !slot.is_v4() {
+                        assert_eq!(slot.b(), own, "an IPv6 pair member's key slot");
+                    }
+                    assert_eq!(own % 2 == 1, e.is_reverse(), "reverse side in the odd slot");
+                    let pk = slab.pairs[e.peer as usize].expect("peer slot");
+                    let p = self.peek(&pk).expect("peer entry");
+                    assert_eq!(p.peer, own, "peer link");
+                    assert_ne!(p.is_reverse(), e.is_reverse(), "one reverse side");
+                } else {
+                    assert!(!e.is_reverse(), "a reverse entry without its forward side");
+                    if !slot.is_v4() {
+                        lone += 1;
+                        assert!(
+                            !lone_free[slot.b() as usize],
+                            "lone key slot on the free list"
+                        );
+                        assert_eq!(slab.lone[slot.b() as usize], Some(k), "lone key");
+                    }
+                }
             }
         }
         assert_eq!(paired, 2 * used_pairs, "slots held by non-entries");
+        assert_eq!(lone + slab.free_lone.len(), self.capacity, "lone slab leak");
     }
 }
 
-/// Applies a hit at `now` (and TCP `flags`); returns whether the flow just began closing.
+/// Applies a hit at `now` (units; `t` in units too) and TCP `flags` to slot `s`; returns
+/// whether the flow just began closing.
 #[inline(always)]
 fn refresh(
-    e: &mut Entry,
+    s: &mut Slot,
     proto: IpProtocol,
     flags: Option<TcpFlags>,
-    now: Tick,
+    now: u64,
     t: &TimeoutTicks,
 ) -> bool {
     let mut newly_closing = false;
     if let Some(f) = flags {
-        let before = e.tcp;
+        let before = s.tcp();
         // Most segments of an established flow carry no SYN, FIN or RST: they change
         // nothing (`observe` would only set ESTABLISHED again), so skip the state machine.
         if f.0 & (TcpFlags::SYN | TcpFlags::FIN | TcpFlags::RST) != 0 || !before.is_established() {
-            e.tcp = before.observe(f, e.is_reverse());
-            newly_closing = !before.is_closing() && e.tcp.is_closing();
+            let after = before.observe(f, s.is_reverse());
+            s.set_tcp(after);
+            newly_closing = !before.is_closing() && after.is_closing();
         }
     }
-    e.expires = now.saturating_add(t.for_state(proto, e.tcp));
+    s.deadline = low32(now.wrapping_add(t.for_state(proto, s.tcp())));
     newly_closing
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     use proptest::prelude::*;
 
@@ -1654,6 +2167,17 @@ mod tests {
 
     fn tcp(port: u16) -> FlowKey {
         key(IpProtocol::TCP, port)
+    }
+
+    /// An IPv6 key: its slot holds a fingerprint, the key itself sits in a slab.
+    fn key6(proto: IpProtocol, port: u16) -> FlowKey {
+        FlowKey::v6(
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1),
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 0x10),
+            port,
+            443,
+            proto,
+        )
     }
 
     fn udp(port: u16) -> FlowKey {
@@ -1761,10 +2285,11 @@ mod tests {
             assert_eq!(c.shard_limit, limit, "capacity {cap}");
             c.check_invariants();
         }
-        // 1M entries: 105 MB of hash tables (1 638 400 slots of 64 bytes) + 42 MB of pair
-        // slab (1M keys) and free list (500 000 pairs).
+        // 1M entries: 52 MB of hash tables (1 638 400 slots of 32 bytes) + 42 MB of pair
+        // slab (1M keys) and free list (500 000 pairs) + 44 MB of lone IPv6 keys (1M) and
+        // their free list.
         let bytes = ct(1_000_000).allocated_bytes();
-        assert!((146_000_000..148_000_000).contains(&bytes), "{bytes}");
+        assert!((138_000_000..139_000_000).contains(&bytes), "{bytes}");
     }
 
     /// Random churn at a full single table: removals shift entries back instead of leaving
@@ -1810,9 +2335,9 @@ mod tests {
 
     /// The keyed hash spreads realistic key sets over slots and shards: 100 000 flows of one
     /// client walking its ports, and of sequential clients, fill a 100k table with short
-    /// probe runs (linear probing at load 0.61 expects a mean displacement of ~0.78 slots;
-    /// 85 % of keys sit in their home slot or the next, the two a lookup prefetches) and
-    /// even shards.
+    /// probe runs (linear probing from even home slots at load 0.61 expects a mean
+    /// displacement of ~0.97 slots; 83.5 % of keys sit in their home line, the one a lookup
+    /// prefetches) and even shards.
     #[test]
     fn keyed_hash_keeps_probe_runs_short() {
         let sets: [Box<dyn Fn(u32) -> FlowKey>; 2] = [
@@ -1846,7 +2371,7 @@ mod tests {
             let mut near = 0usize;
             for t in c.tables.iter() {
                 for (pos, slot) in t.slots.iter().enumerate() {
-                    if let Some((k, _)) = &slot.0 {
+                    if let Some(k) = (!slot.is_empty()).then(|| c.keys.key_of(slot).unwrap()) {
                         let d = pos.wrapping_sub(t.home(c.hasher.hash_one(k))) & t.mask;
                         total += d;
                         worst = worst.max(d);
@@ -1857,9 +2382,10 @@ mod tests {
                 }
             }
             let mean = f64::from(u32::try_from(total).unwrap()) / 100_000.0;
-            assert!(mean < 0.9, "set {n}: mean displacement {mean}");
-            // The two lines a lookup prefetches (home and next) hold most keys: 84.5 %.
-            assert!(near > 80_000, "set {n}: {near} keys within a slot of home");
+            assert!(mean < 1.1, "set {n}: mean displacement {mean}");
+            // The line a lookup prefetches (home slot and next) holds most keys: 83.5 % in
+            // a simulation with uniform hashes.
+            assert!(near > 80_000, "set {n}: {near} keys in their home line");
             assert!(worst < 100, "set {n}: worst displacement {worst}");
             let fullest = c.tables.iter().map(Table::len).max().unwrap();
             assert!(fullest < 5_400, "set {n}: a shard holds {fullest}");
@@ -1880,7 +2406,7 @@ mod tests {
         .unwrap();
         // Inserted at 100: UDP lives 60 s from then...
         assert_eq!(c.peek(&udp(1)).unwrap().expires(), Tick(160));
-        let e = *c.lookup(&udp(1), Tick(130)).unwrap();
+        let e = c.lookup(&udp(1), Tick(130)).unwrap();
         assert_eq!(
             (e.backend_id(), e.service_id(), e.nat_port()),
             (7, 3, 40_001)
@@ -1889,8 +2415,7 @@ mod tests {
         assert_eq!(e.expires(), Tick(190));
         assert_eq!(c.peek(&udp(1)).unwrap().expires(), Tick(190));
         assert!(!e.has_peer() && !e.is_reverse());
-        c.lookup(&udp(1), Tick(189)).unwrap().set_backend_id(9);
-        assert_eq!(c.peek(&udp(1)).unwrap().backend_id(), 9);
+        assert!(c.lookup(&udp(1), Tick(189)).is_some());
         assert!(c.lookup(&udp(2), Tick(189)).is_none());
         let s = c.stats();
         assert_eq!((s.hits, s.misses, s.inserts), (2, 2, 1));
@@ -2074,10 +2599,10 @@ mod tests {
         let mut c = cts(8, 4);
         let (fwd, rev) = pair(&mut c, 1, 40_000, 0);
         assert_eq!(c.len(), 2);
-        let r = *c.lookup(&rev, Tick(1)).unwrap();
+        let r = c.lookup(&rev, Tick(1)).unwrap();
         assert!(r.is_reverse() && r.has_peer());
         assert_eq!(c.peer_key(&r), Some(fwd));
-        let f = *c.lookup(&fwd, Tick(1)).unwrap();
+        let f = c.lookup(&fwd, Tick(1)).unwrap();
         assert!(!f.is_reverse());
         assert_eq!(f.nat_port(), 40_000);
         assert_eq!(c.peer_key(&f), Some(rev));
@@ -2098,7 +2623,7 @@ mod tests {
         let (fwd, _) = pair(&mut c, 1, 40_000, 3);
         let (_, rev2) = pair(&mut c, 1, 40_001, 3);
         assert_eq!(c.len(), 2);
-        assert_eq!(c.peer_key(c.peek(&rev2).unwrap()), Some(fwd));
+        assert_eq!(c.peer_key(&c.peek(&rev2).unwrap()), Some(fwd));
         c.check_invariants();
         assert_eq!(
             c.insert_pair(fwd, Entry::new(1, 1), fwd, Entry::new(1, 1), NONE, Tick(4)),
@@ -2118,7 +2643,7 @@ mod tests {
         }
         assert_eq!(c.len(), 2, "the reverse side is past its deadline but kept");
         // A late reply still finds its way back, and is refreshed.
-        let r = *c.lookup(&rev, Tick(200)).unwrap();
+        let r = c.lookup(&rev, Tick(200)).unwrap();
         assert_eq!(r.expires(), Tick(260));
         // Both idle: the pair goes as one.
         assert_eq!(c.evict_expired(Tick(260), c.buckets()), 2);
@@ -2152,23 +2677,70 @@ mod tests {
         c.lookup_tcp(&rev, ACK, Tick(3)).unwrap();
         assert_eq!(c.peek(&fwd).unwrap().expires(), Tick(902));
         // The server closes: the reply side gets FIN_REPLY and both sides now close in 10 s.
-        let r = *c.lookup_tcp(&rev, FIN_ACK, Tick(5)).unwrap();
+        let r = c.lookup_tcp(&rev, FIN_ACK, Tick(5)).unwrap();
         assert!(r.tcp_state().fin_reply() && !r.tcp_state().fin_orig());
         assert_eq!(r.expires(), Tick(15));
-        let f = *c.peek(&fwd).unwrap();
+        let f = c.peek(&fwd).unwrap();
         assert!(f.tcp_state().fin_reply());
         assert_eq!(f.expires(), Tick(15));
         assert_eq!(c.evict_expired(Tick(15), c.buckets()), 2);
         c.check_invariants();
     }
 
-    /// A slot is one cache line: 64 bytes, and 64-aligned wherever the slots live (the
-    /// heap for small tables, 2 MiB pages or the heap for sharded ones).
+    /// IPv6 flows: a slot holds the key's fingerprint and its place in a slab; a lone key
+    /// takes a slot of the lone slab and gives it back, a pair member's key is in the pair
+    /// slab. A slot whose fingerprint, ports and protocol match another key still compares
+    /// the whole key.
+    #[test]
+    fn ipv6_keys_live_in_slabs() {
+        let mut c = cts(8, 2);
+        let a = key6(IpProtocol::UDP, 1);
+        c.insert(a, Entry::new(3, 4), NONE, Tick(0)).unwrap();
+        assert_eq!(c.keys.free_lone.len(), 7);
+        assert_eq!(c.lookup(&a, Tick(1)).unwrap().backend_id(), 3);
+        assert!(c.lookup(&key6(IpProtocol::UDP, 2), Tick(1)).is_none());
+        assert!(c.lookup(&key6(IpProtocol::TCP, 1), Tick(1)).is_none());
+        assert!(
+            c.lookup(&udp(1), Tick(1)).is_none(),
+            "the IPv4 key of the same ports"
+        );
+        c.check_invariants();
+        // `b` differs from `a` only in its source address. Probed with `a`'s hash, it
+        // matches `a`'s slot head (fingerprint, ports, protocol) and is told apart by the key.
+        let b = FlowKey::v6(
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2),
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 0x10),
+            1,
+            443,
+            IpProtocol::UDP,
+        );
+        let ha = c.hasher.hash_one(a);
+        let t = &c.tables[shard_of(ha, c.nshards)];
+        let pos = t.find(ha, &Probe::new(&a, ha), &a, &c.keys).unwrap();
+        assert!(Probe::new(&b, ha).head_matches(&t.slots[pos]));
+        assert_eq!(t.find(ha, &Probe::new(&b, ha), &b, &c.keys), None);
+        assert_eq!(c.remove(&a).map(|e| e.service_id()), Some(4));
+        assert_eq!(c.keys.free_lone.len(), 8);
+        // A pair of IPv6 keys uses the pair slab only.
+        let rev = key6(IpProtocol::UDP, 40_000).reversed();
+        c.insert_pair(a, Entry::new(1, 1), rev, Entry::new(1, 1), NONE, Tick(2))
+            .unwrap();
+        assert_eq!(c.keys.free_lone.len(), 8);
+        let r = c.lookup(&rev, Tick(3)).unwrap();
+        assert_eq!(c.peer_key(&r), Some(a));
+        c.check_invariants();
+        assert!(c.remove(&a).is_some());
+        assert!(c.is_empty());
+        c.check_invariants();
+    }
+
+    /// A slot is half a cache line: 32 bytes, and the slots of a table start on a line
+    /// (the heap for small tables, 2 MiB pages or the heap for sharded ones), so slots
+    /// `2k` and `2k + 1` share one (the prefetch counts on it).
     #[test]
     fn entry_and_slot_sizes() {
         assert_eq!(size_of::<Entry>(), 24);
-        assert_eq!(size_of::<(FlowKey, Entry)>(), 64);
-        assert_eq!((size_of::<Slot>(), align_of::<Slot>()), (64, 64));
+        assert_eq!((size_of::<Slot>(), align_of::<Slot>()), (32, 32));
         assert_eq!(size_of::<InsertError>(), 1);
         for cap in [1, 1_000, 2_865, 100_000] {
             let c = ct(cap);
@@ -2199,12 +2771,13 @@ mod tests {
         Advance(u64),
     }
 
-    /// A small key universe so operations collide: UDP (60 s) and ICMP-like "other" (30 s).
+    /// A small key universe so operations collide: UDP (60 s) and ICMP-like "other" (30 s),
+    /// IPv4 and IPv6.
     fn k(i: u16) -> FlowKey {
-        if i.is_multiple_of(3) {
-            key(IpProtocol::ICMP, i)
-        } else {
-            udp(i)
+        match i % 3 {
+            0 => key(IpProtocol::ICMP, i),
+            1 => udp(i),
+            _ => key6(IpProtocol::UDP, i),
         }
     }
 
@@ -2298,7 +2871,7 @@ mod tests {
                     Op::Lookup(i) => {
                         let key = k(i);
                         let expect = m.get(&key).copied();
-                        let got = c.lookup(&key, Tick(now)).copied();
+                        let got = c.lookup(&key, Tick(now));
                         match expect {
                             None => prop_assert!(got.is_none()),
                             Some(e) if !dead(&m, &e, now) => {
@@ -2327,10 +2900,10 @@ mod tests {
                 prop_assert!(c.len() <= cap);
                 prop_assert_eq!(c.len(), m.len());
                 for (key, e) in c.iter() {
-                    let me = m.get(key).expect("entry unknown to the model");
+                    let me = m.get(&key).expect("entry unknown to the model");
                     prop_assert_eq!(e.backend_id(), me.backend);
                     prop_assert_eq!(e.expires().get(), me.expires);
-                    prop_assert_eq!(c.peer_key(e), me.peer);
+                    prop_assert_eq!(c.peer_key(&e), me.peer);
                 }
                 c.check_invariants();
             }
@@ -2345,6 +2918,7 @@ mod tests {
         ) {
             let mut c = cts(8, 3);
             let mut now = 0u64;
+            let tcp = |i: u16| if i.is_multiple_of(2) { tcp(i) } else { key6(IpProtocol::TCP, i) };
             for (kind, i, flags, dt) in ops {
                 let key = tcp(i);
                 let flags = TcpFlags(flags);
@@ -2360,12 +2934,12 @@ mod tests {
                     }
                     3 => now += dt,
                     _ => {
-                        let before = c.peek(&key).copied();
+                        let before = c.peek(&key);
                         let peer_live = before
                             .and_then(|e| c.peer_key(&e))
                             .and_then(|p| c.peek(&p))
                             .is_some_and(|p| p.expires().get() > now);
-                        let got = c.lookup_tcp(&key, flags, Tick(now)).copied();
+                        let got = c.lookup_tcp(&key, flags, Tick(now));
                         let was_live = before.is_some_and(|e| e.expires().get() > now);
                         prop_assert_eq!(got.is_some(), was_live || peer_live);
                         if let Some(e) = got {

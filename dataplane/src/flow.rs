@@ -251,6 +251,42 @@ impl FlowKey {
         p
     }
 
+    /// Both ports as one word, `src_port << 16 | dst_port` (conntrack's compact slots).
+    #[inline(always)]
+    #[must_use]
+    pub(crate) const fn ports_word(&self) -> u32 {
+        self.ports
+    }
+
+    /// An IPv4 key's addresses as numbers (`Ipv4Addr::to_bits`), source first: how
+    /// conntrack's 32-byte slots hold them. `None` for an IPv6 key.
+    #[inline(always)]
+    #[must_use]
+    pub(crate) const fn v4_bits(&self) -> Option<(u32, u32)> {
+        match self.family {
+            #[allow(
+                clippy::cast_possible_truncation,
+                reason = "an IPv4 address is the low 32 bits"
+            )]
+            Family::V4 => Some((self.src[1] as u32, self.dst[1] as u32)),
+            Family::V6 => None,
+        }
+    }
+
+    /// The IPv4 key [`FlowKey::v4_bits`] and [`FlowKey::ports_word`] came from.
+    #[inline]
+    #[must_use]
+    pub(crate) const fn from_v4_bits(src: u32, dst: u32, ports: u32, proto: u8) -> Self {
+        Self {
+            family: Family::V4,
+            proto,
+            src: v4_words(Ipv4Addr::from_bits(src)),
+            dst: v4_words(Ipv4Addr::from_bits(dst)),
+            ports,
+            pad: 0,
+        }
+    }
+
     /// The key as five words, for comparison and process-local keyed hashing (conntrack):
     /// the source address as two words, the destination as two, then ports, family and
     /// protocol (`ports | family << 32 | proto << 40`: the key's last eight bytes, read as

@@ -80,7 +80,7 @@ impl Drop for Allocation {
 }
 
 impl Allocation {
-    /// `bytes` (> 0) of memory aligned to `align` (≤ 4096): mapped on 2 MiB pages when
+    /// `bytes` (> 0) of memory aligned to `align` (≤ 4096) and to 64: mapped on 2 MiB pages when
     /// `bytes` ≥ [`HUGE_PAGE`] and the kernel agrees, else from the heap. The contents are
     /// unspecified; the caller fills them.
     fn new(bytes: usize, align: usize) -> Option<(Self, PageBacking)> {
@@ -93,7 +93,9 @@ impl Allocation {
                 return Some((a, PageBacking::TransparentHuge));
             }
         }
-        let layout = Layout::from_size_align(bytes, align).ok()?;
+        // At least a cache line, so that values smaller than one (conntrack's 32-byte
+        // slots) pair up within lines the same way on the heap as on mapped pages.
+        let layout = Layout::from_size_align(bytes, align.max(64)).ok()?;
         // SAFETY: `layout` has a non-zero size (`bytes > 0`, checked by the caller).
         let ptr = NonNull::new(unsafe { std::alloc::alloc(layout) })?;
         Some((

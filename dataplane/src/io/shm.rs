@@ -14,7 +14,7 @@
 //!   and arena blocks of a published generation) are handed out as plain slices by
 //!   crate-private functions only; [`crate::tables`] upholds the protocol. Writing them needs
 //!   `&mut Mapping`, which only the writer holds.
-//! - [`Shared`] keeps its mapping alive: a reader's table views stay valid however long the
+//! - `Shared` keeps its mapping alive: a reader's table views stay valid however long the
 //!   worker keeps them, even if every other handle to the region is gone.
 
 use std::fmt;

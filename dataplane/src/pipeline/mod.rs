@@ -339,7 +339,7 @@ impl Pipeline {
     /// `min(pkts.len(), verdicts.len())` packets (the count is returned), then ages
     /// [`AGE_BUDGET_PER_BURST`] conntrack slots. Each verdict, rewrite and counter is what
     /// [`Pipeline::process_from`] on each packet in order gives; the burst is faster with
-    /// many flows: each frame is parsed and its conntrack key hashed [`PREFETCH_AHEAD`]
+    /// many flows: each frame is parsed and its conntrack key hashed `PREFETCH_AHEAD`
     /// packets before its turn, and its conntrack slot prefetched then, so the cache and TLB
     /// misses of the stage overlap instead of coming one by one.
     pub fn process_burst<B: PacketBuf, S: Services + ?Sized>(
@@ -530,7 +530,7 @@ impl Pipeline {
         }
         // The key is the 3-tuple for a (first) fragment; its entry remembers the port.
         let tag = if fragment { pf.dst_port } else { 0 };
-        let hit = self.ct.lookup_tcp_hashed(key, pf.tcp_flags, now).copied();
+        let hit = self.ct.lookup_tcp_hashed(key, pf.tcp_flags, now);
         let key = key.key();
         // `new_flow`: Maglev picked the backend (a miss, or a flow moved off its backend).
         let (backend, new_flow) = match hit.and_then(|e| tracked_backend(svc, &e)) {
@@ -583,7 +583,7 @@ impl Pipeline {
         bytes: u32,
     ) -> Option<Verdict> {
         let key = FlowKey::three_tuple(pf.src, pf.dst, pf.proto);
-        let e = *self.ct.lookup(&key, now)?;
+        let e = self.ct.lookup(&key, now)?;
         let svc = services.service_of(pf.dst, e.nat_port(), pf.proto.0)?;
         if svc.mode == Mode::Nat {
             return Some(Verdict::Drop(DropReason::NatFragment));
@@ -696,7 +696,7 @@ impl Pipeline {
             return Verdict::Drop(DropReason::NatNoSourceAddress);
         };
         // Not a fragment (checked by the caller): `key` is the 5-tuple.
-        let hit = self.ct.lookup_tcp_hashed(key, pf.tcp_flags, now).copied();
+        let hit = self.ct.lookup_tcp_hashed(key, pf.tcp_flags, now);
         let key = key.key();
         let tracked = hit.and_then(|e| Some((tracked_backend(svc, &e)?, e.nat_port())));
         let new_flow = tracked.is_none();
@@ -805,11 +805,11 @@ impl Pipeline {
             return Some(Verdict::Redirect { worker: owner });
         }
         let e = if pf.fragment == FragmentInfo::None {
-            *self.ct.lookup_tcp_hashed(key, pf.tcp_flags, now)?
+            self.ct.lookup_tcp_hashed(key, pf.tcp_flags, now)?
         } else {
             // A first fragment's `key` is its 3-tuple; replies are looked up by 5-tuple.
             let key = FlowKey::new(pf.src, pf.dst, pf.src_port, pf.dst_port, pf.proto);
-            *self.ct.lookup_tcp(&key, pf.tcp_flags, now)?
+            self.ct.lookup_tcp(&key, pf.tcp_flags, now)?
         };
         if !e.is_reverse() {
             return None;
@@ -897,7 +897,7 @@ impl Pipeline {
                 .ct
                 .peek(&key)
                 .filter(|e| now < e.expires())
-                .and_then(|e| tracked_backend(&svc, e));
+                .and_then(|e| tracked_backend(&svc, &e));
             let hash = flow_hash(&key, self.seed);
             // An ICMP error is about a flow, never one itself: not a connection, even when
             // Maglev picks its backend (the flow has no state here).
@@ -929,7 +929,7 @@ impl Pipeline {
         if pf.ttl <= 1 {
             return Verdict::Drop(DropReason::TtlExpired);
         }
-        let Some(e) = self.ct.peek(key).filter(|e| now < e.expires()).copied() else {
+        let Some(e) = self.ct.peek(key).filter(|e| now < e.expires()) else {
             return Verdict::Drop(DropReason::IcmpNoFlow);
         };
         let (Some(rev), Some(b)) = (self.ct.peer_key(&e), tracked_backend(svc, &e)) else {
