@@ -1542,7 +1542,12 @@ impl ConnTrack {
             .wrapping_sub(self.clock.swept)
             .wrapping_add(2 * SWEEP_STALE)
             <= 4 * SWEEP_STALE;
-        if !near {
+        // With nothing stored (a worker's first call: its clock starts far from 0) there is
+        // nothing to age or drop.
+        if self.len > 0 && near {
+            let removed = self.sweep(u, self.buckets);
+            self.stats.evicted += removed as u64;
+        } else if self.len > 0 {
             for t in &mut self.tables {
                 t.slots.fill(Slot::EMPTY);
                 t.len = 0;
@@ -1550,9 +1555,6 @@ impl ConnTrack {
             self.keys.clear();
             self.stats.evicted += self.len as u64;
             self.len = 0;
-        } else {
-            let removed = self.sweep(u, self.buckets);
-            self.stats.evicted += removed as u64;
         }
         self.clock = Clock {
             pass_start: u,
@@ -2684,6 +2686,55 @@ mod tests {
         assert!(f.tcp_state().fin_reply());
         assert_eq!(f.expires(), Tick(15));
         assert_eq!(c.evict_expired(Tick(15), c.buckets()), 2);
+        c.check_invariants();
+    }
+
+    /// Deadlines in 32-bit clock units (module docs, "Deadlines"): at nanosecond ticks a
+    /// unit is 65 536 ns and an entry lives its timeout to within two units; a table nobody
+    /// ages is aged whole once its last pass is 2²⁹ units old, so an expired entry never
+    /// reads as live after the counter wraps; a jump of twice that drops everything.
+    #[test]
+    fn deadlines_survive_clock_jumps_and_overdue_passes() {
+        let unit = 1u64 << 16;
+        let mut c = ConnTrack::with_hasher(
+            64,
+            &Timeouts::default(),
+            TickRate::NANOS,
+            ahash::RandomState::with_seeds(1, 2, 3, 4),
+        )
+        .unwrap();
+        assert_eq!(c.clock.shift, 16);
+        let s = 1_000_000_000u64;
+        // A worker's clock starts far from zero; the first call finds nothing to age.
+        let t0 = 1_000_000 * s;
+        let (a, b) = (udp(1), udp(2));
+        c.insert(a, Entry::new(1, 1), NONE, Tick(t0)).unwrap();
+        c.insert(b, Entry::new(2, 1), NONE, Tick(t0)).unwrap();
+        let e = c.lookup(&a, Tick(t0 + s)).unwrap();
+        let want = t0 + 61 * s;
+        assert!(
+            (want..=want + 2 * unit).contains(&e.expires().get()),
+            "{e:?}"
+        );
+        assert!(c.lookup(&a, Tick(want - 1)).is_some());
+        assert!(c.lookup(&a, Tick(want - 1 + 60 * s + 2 * unit)).is_none());
+        // Nothing ages the table while `a` is refreshed every 50 s for 41 hours: past 2³¹
+        // units (39 hours), where `b`'s deadline, untouched, would read as ahead again. The
+        // overdue pass at 2²⁹ units (9.8 hours) removed it.
+        c.insert(a, Entry::new(1, 1), NONE, Tick(t0)).unwrap();
+        let mut t = t0;
+        while t < t0 + 41 * 3600 * s {
+            t += 50 * s;
+            assert!(c.lookup(&a, Tick(t)).is_some());
+            let b_live = c.peek(&b).is_some_and(|e| e.expires().get() > t);
+            assert_eq!(b_live, t < t0 + 60 * s, "at {}", t - t0);
+        }
+        assert!(c.lookup(&b, Tick(t)).is_none());
+        assert_eq!(c.stats().evicted, 1);
+        // A jump of a day: every entry has expired, and all go at once.
+        assert!(c.lookup(&a, Tick(t + 24 * 3600 * s)).is_none());
+        assert!(c.is_empty());
+        assert_eq!(c.stats().evicted, 2);
         c.check_invariants();
     }
 
