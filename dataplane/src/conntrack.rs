@@ -69,17 +69,19 @@
 //! the first of a line (hash bits 1..13 within its shard, times two), so the home line
 //! holds the two slots where 83.5 % of keys sit at full load. A lookup reads that line and
 //! no separate control bytes: its address follows from the hash alone, which lets a burst
-//! prefetch it before the lookup (`ConnTrack::prefetch`, one line per packet). An IPv6 key (37 bytes) does not fit: its slot holds a 32-bit fingerprint of the key's
+//! prefetch it before the lookup (`ConnTrack::prefetch`, one line per packet).
+//!
+//! An IPv6 key (37 bytes) does not fit: its slot holds a 32-bit fingerprint of the key's
 //! hash beside the ports and protocol, and the index of the whole key in a slab, which a
 //! probe reads only when fingerprint, ports and protocol match. So an IPv6 hit reads one
 //! more line than an IPv4 one. The lone-IPv6 slab holds `capacity` keys; a NAT pair
 //! member's key is in the pair slab already ("NAT pairs").
 //!
-//! A key sits at its home slot or after it, with no empty slot in between; removal shifts the following entries back instead of leaving a
-//! tombstone (backward-shift deletion), so no probe ever crosses a dead slot and nothing
-//! ever needs a rehash. That removes the rehash stall a hashbrown table had (tombstones used
-//! up its free slots every ~20 M inserts, then a whole-table rehash: 36 ms at 917 503
-//! entries).
+//! A key sits at its home slot or after it, with no empty slot in between; removal shifts
+//! the following entries back instead of leaving a tombstone (backward-shift deletion), so
+//! no probe ever crosses a dead slot and nothing ever needs a rehash. That removes the
+//! rehash stall a hashbrown table had (tombstones used up its free slots every ~20 M
+//! inserts, then a whole-table rehash: 36 ms at 917 503 entries).
 //!
 //! A capacity up to [`SHARD_MEAN_MAX`] (5000) is one table with more than `2·(n + 1)`
 //! slots. A larger one gets `⌈n / 5000⌉` shards of [`SHARD_BUCKETS`] (8192) slots, picked

@@ -80,9 +80,9 @@ impl Drop for Allocation {
 }
 
 impl Allocation {
-    /// `bytes` (> 0) of memory aligned to `align` (≤ 4096) and to 64: mapped on 2 MiB pages when
-    /// `bytes` ≥ [`HUGE_PAGE`] and the kernel agrees, else from the heap. The contents are
-    /// unspecified; the caller fills them.
+    /// `bytes` (> 0) of memory aligned to `align` (≤ 4096) and to 64: mapped on 2 MiB
+    /// pages when `bytes` ≥ [`HUGE_PAGE`] and the kernel agrees, else from the heap. The
+    /// contents are unspecified; the caller fills them.
     fn new(bytes: usize, align: usize) -> Option<(Self, PageBacking)> {
         if bytes >= HUGE_PAGE {
             let len = bytes.div_ceil(HUGE_PAGE).checked_mul(HUGE_PAGE)?;
