@@ -113,20 +113,21 @@
 //! # Deadlines
 //!
 //! A slot keeps its deadline in 32 bits: a count of units of `2^shift` ticks, `shift`
-//! the least that puts the longest timeout under 2²⁴ units (one unit is 64 µs for the
-//! default 900 s on a 2.45 GHz TSC; with test tick counts it is one tick, and deadlines are
-//! exact). The count wraps around and is compared with `now` by serial-number arithmetic
+//! the least that puts the longest timeout under 2²⁴ units (for the default 900 s one unit
+//! is 65.5 µs at nanosecond ticks, 107 µs on a 2.45 GHz TSC; with test tick counts it is
+//! one tick, and deadlines are exact). The count wraps around and is compared with `now` by serial-number arithmetic
 //! (RFC 1982), which is sound while every stored deadline is within 2³¹ units of `now`. A
 //! deadline is `now` rounded down plus the timeout rounded up, plus one unit when
 //! `shift > 0`: an entry never expires early and at most two units late.
 //!
-//! Stored deadlines lie between the start of the last complete aging pass (everything
-//! older was removed then) and the latest `now` plus the longest timeout. So the window
+//! Stored deadlines lie after the start of the last complete aging pass (everything older
+//! was removed then), and before the latest `now` plus the longest timeout. So the window
 //! holds while each pass completes within 2²⁹ units (32 × the longest timeout; a worker
-//! ages on every burst and idle loop and takes seconds). Every call checks it: if a pass
-//! is overdue, the call first ages the whole table; if `now` jumped that far from the
-//! latest one (a stopped worker, a test), every deadline has passed, or cannot be read
-//! after a jump back, and every entry goes, counted as evicted.
+//! ages on every burst and idle loop, and a pass takes seconds). Every call checks it: if
+//! the last complete pass began 2²⁹ units or more before `now`, the call first ages the
+//! whole table; if `now` is twice that far from it, either way (a stopped worker, a test),
+//! every deadline has passed, or cannot be read after a jump back, and every entry goes,
+//! counted as evicted.
 
 use std::fmt;
 use std::num::NonZeroU64;
@@ -996,6 +997,16 @@ impl Keys {
         self.pairs.get(peer as usize).copied().flatten()
     }
 
+    /// Stores `key`, an IPv6 key outside a pair, in a free lone slot and returns the slot;
+    /// `None` if none is free (the table's capacity rules that out).
+    fn hold_lone(&mut self, key: FlowKey) -> Option<u32> {
+        let s = self.free_lone.pop()?;
+        if let Some(k) = self.lone.get_mut(s as usize) {
+            *k = Some(key);
+        }
+        Some(s)
+    }
+
     /// Frees what the slot `s`, out of its table, held here: both slots of its NAT pair, or
     /// the lone slot of its IPv6 key. Idempotent: a pair already free is left alone.
     fn release(&mut self, s: &Slot) {
@@ -1288,21 +1299,6 @@ fn shard_of(hash: u64, nshards: u64) -> usize {
     i
 }
 
-/// Takes `key`'s slot out of its table, if present (its keys stay in `keys`).
-#[inline]
-fn take(
-    tables: &mut [Table],
-    nshards: u64,
-    hasher: &KeyedHash,
-    keys: &Keys,
-    key: &FlowKey,
-) -> Option<Slot> {
-    let hash = hasher.hash_one(key);
-    let table = tables.get_mut(shard_of(hash, nshards))?;
-    let pos = table.find(hash, &Probe::new(key, hash), key, keys)?;
-    table.remove_at(pos, hasher, keys)
-}
-
 /// The pair of the pair slab that `slot` belongs to.
 #[inline]
 const fn pair_of(slot: u32) -> u32 {
@@ -1547,8 +1543,7 @@ impl ConnTrack {
         // With nothing stored (a worker's first call: its clock starts far from 0) there is
         // nothing to age or drop.
         if self.len > 0 && near {
-            let removed = self.sweep(u, self.buckets);
-            self.stats.evicted += removed as u64;
+            self.sweep(u, self.buckets);
         } else if self.len > 0 {
             for t in &mut self.tables {
                 t.slots.fill(Slot::EMPTY);
@@ -1648,12 +1643,21 @@ impl ConnTrack {
         None
     }
 
+    /// Takes `key`'s slot out of its table, if present (its keys stay in `keys`).
+    #[inline]
+    fn take(&mut self, key: &FlowKey) -> Option<Slot> {
+        let hash = self.hasher.hash_one(key);
+        let table = self.tables.get_mut(shard_of(hash, self.nshards))?;
+        let pos = table.find(hash, &Probe::new(key, hash), key, &self.keys)?;
+        table.remove_at(pos, &self.hasher, &self.keys)
+    }
+
     /// Removes the two sides of a NAT pair, `key` (whose slot was `slot`) and `peer_key`,
     /// and frees their pair; returns how many entries went.
     fn take_both(&mut self, key: &FlowKey, peer_key: &FlowKey, slot: &Slot) -> usize {
         let mut removed = 0;
         for k in [key, peer_key] {
-            if take(&mut self.tables, self.nshards, &self.hasher, &self.keys, k).is_some() {
+            if self.take(k).is_some() {
                 removed += 1;
             }
         }
@@ -1742,8 +1746,7 @@ impl ConnTrack {
         // Replacing a stored key: it goes first (with its NAT peer), which frees its room.
         let _ = self.remove(&key);
         if !self.has_room(&[idx], 1) {
-            let removed = self.sweep(u, INSERT_SWEEP_BUDGET);
-            self.stats.evicted += removed as u64;
+            self.sweep(u, INSERT_SWEEP_BUDGET);
             if !self.has_room(&[idx], 1) {
                 self.stats.full += 1;
                 return Err(InsertError::Full);
@@ -1754,13 +1757,10 @@ impl ConnTrack {
         let mut b = 0;
         if !probe.is_v4() {
             // At most `len < capacity` lone keys are in use: one of `capacity` is free.
-            let Some(s) = self.keys.free_lone.pop() else {
+            let Some(s) = self.keys.hold_lone(key) else {
                 self.stats.full += 1;
                 return Err(InsertError::Full);
             };
-            if let Some(k) = self.keys.lone.get_mut(s as usize) {
-                *k = Some(key);
-            }
             b = s;
         }
         let slot = probe.slot(b, &entry, deadline);
@@ -1808,8 +1808,7 @@ impl ConnTrack {
         let (fh, rh) = (self.hasher.hash_one(fwd_key), self.hasher.hash_one(rev_key));
         let shards = [shard_of(fh, self.nshards), shard_of(rh, self.nshards)];
         if !self.has_room(&shards, 2) {
-            let removed = self.sweep(u, INSERT_SWEEP_BUDGET);
-            self.stats.evicted += removed as u64;
+            self.sweep(u, INSERT_SWEEP_BUDGET);
             if !self.has_room(&shards, 2) {
                 self.stats.full += 1;
                 return Err(InsertError::Full);
@@ -1850,25 +1849,11 @@ impl ConnTrack {
     /// Removes `key`'s entry and, if it is one side of a NAT pair, the other side; returns
     /// the entry.
     pub fn remove(&mut self, key: &FlowKey) -> Option<Entry> {
-        let s = take(
-            &mut self.tables,
-            self.nshards,
-            &self.hasher,
-            &self.keys,
-            key,
-        )?;
+        let s = self.take(key)?;
         self.len -= 1;
         self.stats.removed += 1;
-        if s.has_peer()
-            && let Some(peer_key) = self.keys.peer_key(s.peer)
-            && take(
-                &mut self.tables,
-                self.nshards,
-                &self.hasher,
-                &self.keys,
-                &peer_key,
-            )
-            .is_some()
+        if let Some(peer_key) = self.keys.peer_key(s.peer)
+            && self.take(&peer_key).is_some()
         {
             self.len -= 1;
             self.stats.removed += 1;
@@ -1884,12 +1869,10 @@ impl ConnTrack {
     /// loop with a small budget (tens to a few hundred).
     pub fn evict_expired(&mut self, now: Tick, budget: usize) -> usize {
         let u = self.advance(now);
-        let removed = self.sweep(u, budget);
-        self.stats.evicted += removed as u64;
-        removed
+        self.sweep(u, budget)
     }
 
-    /// [`ConnTrack::evict_expired`] at `u` (units), without counting.
+    /// [`ConnTrack::evict_expired`] at `u` (units).
     fn sweep(&mut self, u: u64, budget: usize) -> usize {
         let mut left = budget.min(self.buckets);
         let mut removed = 0;
@@ -1925,6 +1908,7 @@ impl ConnTrack {
                 removed += self.sweep_bucket(s, next, u);
             }
         }
+        self.stats.evicted += removed as u64;
         removed
     }
 
