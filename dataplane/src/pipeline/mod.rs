@@ -357,6 +357,7 @@ impl Pipeline {
         // buffer), so its stage is its parse then. A slot is read PREFETCH_AHEAD packets
         // after it was written, long after its stores retired: reading a parse back straight
         // after writing it had cost a store-forwarding stall per packet (bench/RESULTS.md).
+        self.ct.prefetch_sweep(AGE_BUDGET_PER_BURST);
         let Some(mut ring) = self.stage_ring.take() else {
             // Only a panic inside a burst could leave the ring out, and nothing here panics;
             // were it ever so, the packets still get their verdicts, one at a time.
