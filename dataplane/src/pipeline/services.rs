@@ -138,7 +138,7 @@ impl Services for Worker {
         Worker::service(self, key).map(view_service)
     }
 
-    #[inline]
+    #[inline(always)]
     fn service_of(&self, vip: IpAddr, port: u16, proto: u8) -> Option<Service<'_>> {
         self.service_by_parts(vip, port, proto).map(view_service)
     }
@@ -375,7 +375,7 @@ impl Services for StaticServices {
         self.at(self.by_key.get(key)?)
     }
 
-    #[inline]
+    #[inline(always)]
     fn service_of(&self, vip: IpAddr, port: u16, proto: u8) -> Option<Service<'_>> {
         self.at(self.by_key.get_parts(vip, port, proto)?)
     }
