@@ -121,7 +121,7 @@ use crate::flow::{FlowKey, KeyedHash, flow_hash};
 use crate::tables::{BackendEntry, BackendId, BackendState, Mode};
 use crate::wire::{
     EthernetAddress, FragmentInfo, FrameError, IcmpInfo, IpProtocol, L3, ParsedFrame, TcpFlags,
-    icmpv4, icmpv6, parse_frame,
+    icmpv4, icmpv6, parse_frame, parse_frame_layered, parse_ipv4_fast,
 };
 
 pub use buf::{PacketBuf, VecBuf};
@@ -368,14 +368,14 @@ impl Pipeline {
             return n;
         };
         for (slot, p) in ring.iter_mut().zip(pkts.iter()).take(PREFETCH_AHEAD) {
-            *slot = self.stage(p.data());
+            self.stage_into(p.data(), slot);
         }
         for i in 0..n {
             if let (Some(p), Some(slot)) = (
                 pkts.get(i + PREFETCH_AHEAD),
                 ring.get_mut((i + PREFETCH_AHEAD) % STAGE_RING),
             ) {
-                *slot = self.stage(p.data());
+                self.stage_into(p.data(), slot);
             }
             if let (Some(p), Some(v), Some(st)) = (
                 pkts.get_mut(i),
@@ -391,16 +391,33 @@ impl Pipeline {
         n
     }
 
-    /// Parses `frame`, hashes its conntrack key ([`Pipeline::flow_key`]) and prefetches
-    /// the key's conntrack slot.
+    /// Parses `frame` into `slot`, hashes its conntrack key ([`Pipeline::flow_key`]) and
+    /// prefetches the key's conntrack slot.
+    ///
+    /// The common frame's parse goes into the slot field by field, as the fast parser
+    /// makes it. A parse returned whole and then copied into the ring (one value for both
+    /// parsers) was a stack copy: its 16-byte loads could not take their data from the
+    /// parser's narrower stores, so each waited for them to retire, and with them for
+    /// every older instruction, the previous packet's memory stalls included.
     #[inline(always)]
-    fn stage(&self, frame: &[u8]) -> Staged {
-        let parsed = parse_frame(frame);
+    fn stage_into(&self, frame: &[u8], slot: &mut Staged) {
+        let parsed = match parse_ipv4_fast(frame) {
+            Some(pf) => {
+                let key = self.flow_key(&pf);
+                if let Some(k) = &key {
+                    self.ct.prefetch(k);
+                }
+                slot.parsed = Ok(pf);
+                slot.key = key;
+                return;
+            }
+            None => parse_frame_layered(frame),
+        };
         let key = parsed.as_ref().ok().and_then(|pf| self.flow_key(pf));
         if let Some(k) = &key {
             self.ct.prefetch(k);
         }
-        Staged { parsed, key }
+        *slot = Staged { parsed, key };
     }
 
     // --- classification ---
