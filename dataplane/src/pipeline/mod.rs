@@ -148,8 +148,8 @@ pub const AGE_BUDGET_PER_BURST: usize = 8;
 /// How many packets ahead of the one it processes [`Pipeline::process_burst`] has staged
 /// at least (parsed, key hashed, conntrack slot prefetched): far enough that a slot arrives
 /// from memory in time, near enough that the lines in flight stay within the core's miss
-/// buffers. A whole burst of prefetches up front (32) stalled on them (bench/RESULTS.md,
-/// "Pipeline").
+/// buffers (in the second pass, a whole burst of prefetches up front, 32, stalled on them:
+/// bench/RESULTS.md, "Pipeline").
 const PREFETCH_AHEAD: usize = 8;
 
 /// How many packets [`Pipeline::process_burst`] stages at a time, every `PREFETCH_GROUP`
@@ -157,7 +157,8 @@ const PREFETCH_AHEAD: usize = 8;
 /// that misses the TLB holds up retirement while the page walk runs; with one prefetch per
 /// packet, about one walk ran at a time, while back to back their walks overlap. Groups of
 /// 1 / 4 / 8 / 16: DSR 100k 48.7 / 45.5 / 44.9 / 43.9 ns, the same in cache
-/// (bench/RESULTS.md, "Pipeline", seventh pass).
+/// (bench/RESULTS.md, "Pipeline", seventh pass); 16 would need a ring twice the size for
+/// 1 ns, within this machine's noise.
 const PREFETCH_GROUP: usize = 8;
 
 /// Slots of [`Pipeline::process_burst`]'s ring of staged packets: enough for the packets
@@ -431,14 +432,13 @@ impl Pipeline {
     /// every older instruction, the previous packet's memory stalls included.
     #[inline(always)]
     fn stage_into(&self, frame: &[u8], slot: &mut Staged) {
-        let parsed = match parse_ipv4_fast(frame) {
-            Some(pf) => {
-                slot.key = self.flow_key(&pf);
-                slot.parsed = Ok(pf);
-                return;
-            }
-            None => parse_frame_layered(frame),
-        };
+        // `parse_frame`, in two branches.
+        if let Some(pf) = parse_ipv4_fast(frame) {
+            slot.key = self.flow_key(&pf);
+            slot.parsed = Ok(pf);
+            return;
+        }
+        let parsed = parse_frame_layered(frame);
         let key = parsed.as_ref().ok().and_then(|pf| self.flow_key(pf));
         *slot = Staged { parsed, key };
     }
