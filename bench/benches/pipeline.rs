@@ -45,8 +45,9 @@
 //! minimum, 10th percentile and median ns per packet: on a shared machine, rounds shorter than a scheduler slice (a few
 //! hundred µs) often run undisturbed, so the low percentiles are steadier than criterion's
 //! mean over long samples. Two knobs for the large sizes: `SLUICE_PIPELINE_CT_PERCENT`
-//! sizes the conntrack in percent of the flows (default 400; 10 M flows want a hugetlb pool
-//! of about 1 GB per 100 %), and `SLUICE_PIPELINE_NS_PER_BURST` moves the clock that many
+//! sizes the conntrack in percent of the flows (default 400; 10 M flows at 125 % run on a
+//! hugetlb pool of 1500 pages, their frames' 0.6 GB taken from it first), and
+//! `SLUICE_PIPELINE_NS_PER_BURST` moves the clock that many
 //! nanoseconds per burst (default 0), so that aging and timestamp updates run as in a worker.
 
 use std::hint::black_box;
