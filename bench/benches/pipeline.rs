@@ -175,9 +175,10 @@ fn flows(n: usize, rng: &mut u64, syn: bool, salt: u32) -> Frames {
         let j = usize::try_from(xorshift(rng) % u64::try_from(i + 1).unwrap()).unwrap();
         v.swap(i, j);
     }
-    let flat = v.concat();
-    let mut data = Chunk::new(flat.len(), 0u8).expect("frame memory");
-    data.copy_from_slice(&flat);
+    let mut data = Chunk::new(n * FRAME_LEN, 0u8).expect("frame memory");
+    for (to, f) in data.chunks_exact_mut(FRAME_LEN).zip(&v) {
+        to.copy_from_slice(f);
+    }
     Frames { data, n }
 }
 

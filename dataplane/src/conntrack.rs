@@ -115,10 +115,11 @@
 //! A slot keeps its deadline in 32 bits: a count of units of `2^shift` ticks, `shift`
 //! the least that puts the longest timeout under 2²⁴ units (for the default 900 s one unit
 //! is 65.5 µs at nanosecond ticks, 107 µs on a 2.45 GHz TSC; with test tick counts it is
-//! one tick, and deadlines are exact). The count wraps around and is compared with `now` by serial-number arithmetic
-//! (RFC 1982), which is sound while every stored deadline is within 2³¹ units of `now`. A
-//! deadline is `now` rounded down plus the timeout rounded up, plus one unit when
-//! `shift > 0`: an entry never expires early and at most two units late.
+//! one tick, and deadlines are exact). The count wraps around and is compared with `now` by
+//! serial-number arithmetic (RFC 1982), which is sound while every stored deadline is
+//! within 2³¹ units of `now`. A deadline is `now` rounded down plus the timeout rounded
+//! up, plus one unit when `shift > 0`: an entry never expires early and at most two units
+//! late.
 //!
 //! Stored deadlines lie after the start of the last complete aging pass (everything older
 //! was removed then), and before the latest `now` plus the longest timeout. So the window
@@ -1542,16 +1543,18 @@ impl ConnTrack {
             <= 4 * SWEEP_STALE;
         // With nothing stored (a worker's first call: its clock starts far from 0) there is
         // nothing to age or drop.
-        if self.len > 0 && near {
-            self.sweep(u, self.buckets);
-        } else if self.len > 0 {
-            for t in &mut self.tables {
-                t.slots.fill(Slot::EMPTY);
-                t.len = 0;
+        if self.len > 0 {
+            if near {
+                self.sweep(u, self.buckets);
+            } else {
+                for t in &mut self.tables {
+                    t.slots.fill(Slot::EMPTY);
+                    t.len = 0;
+                }
+                self.keys.clear();
+                self.stats.evicted += self.len as u64;
+                self.len = 0;
             }
-            self.keys.clear();
-            self.stats.evicted += self.len as u64;
-            self.len = 0;
         }
         self.clock = Clock {
             pass_start: u,
